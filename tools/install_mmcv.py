@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Build (once) and install mmcv 2.1.0 with compiled ops for the installed torch.
+
+mmdet 3.3 and mmsegmentation 1.2 refuse mmcv >= 2.2, PyPI has no mmcv 2.1.0 wheel for current
+torch, and mmcv 2.1.0's setup.py forces ``-std=c++14``/``-std=c++17`` while torch >= 2.10 headers
+need C++20. This script:
+
+1. reuses a cached wheel (``$VISIONATTN_CACHE`` or ``~/.cache/visionattn/wheels``) when one was
+   built for the same torch version, Python and ops flavour;
+2. otherwise downloads the mmcv 2.1.0 source distribution with pip, rewrites the ``-std`` flags to
+   ``-std=c++20``, and builds a wheel in a throw-away virtual environment that sees the installed
+   torch (``--system-site-packages``) but has a setuptools that still ships ``pkg_resources``;
+3. installs the wheel with ``pip --no-deps``.
+
+CPU ops are always built. CUDA ops are built when a GPU is visible and ``nvcc`` exists, or when
+``--cuda`` is passed. A cold CPU build takes about 20 minutes on 2 cores; progress is printed as
+the compiler works through mmcv's sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+MMCV_VERSION = "2.1.0"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("VISIONATTN_CACHE") or os.path.join(Path.home(), ".cache", "visionattn")
+    return Path(root) / "wheels"
+
+
+def _torch_tag() -> str:
+    import torch
+
+    return torch.__version__.replace("+", "_")
+
+
+def _installed_mmcv() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        ver = version("mmcv")
+    except Exception:
+        return None
+    return ver
+
+
+def _ops_work() -> bool:
+    code = "import mmcv, mmcv.ops, torch; mmcv.ops.nms(torch.rand(4, 4) * 10, torch.rand(4), 0.5)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def _run(cmd: list[str], **kw) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+def _build(flavour: str, cache: Path, jobs: int) -> Path:
+    work = Path(tempfile.mkdtemp(prefix="mmcv-build-"))
+    venv = work / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    vpy = str(venv / "bin" / "python")
+    # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 70 no longer ships.
+    _run([vpy, "-m", "pip", "install", "-q", "setuptools<70", "wheel"])
+    src_dir = work / "src"
+    _run(
+        [vpy, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "--no-build-isolation", f"mmcv=={MMCV_VERSION}", "-d", str(src_dir)]
+    )
+    sdists = glob.glob(str(src_dir / "mmcv-*.tar.gz"))
+    if not sdists:
+        raise SystemExit(f"no mmcv {MMCV_VERSION} source distribution was downloaded into {src_dir}")
+    with tarfile.open(sdists[0]) as tf:
+        tf.extractall(work, filter="data")
+    root = work / f"mmcv-{MMCV_VERSION}"
+    setup_py = root / "setup.py"
+    text = setup_py.read_text()
+    # torch's headers need C++20; setup.py appends its own -std flag last, so CXXFLAGS cannot win.
+    patched = re.sub(r"-std=c\+\+1[47]", "-std=c++20", text)
+    setup_py.write_text(patched)
+    print(f"patched {len(re.findall(r'-std=c[+][+]1[47]', text))} -std flags to c++20", flush=True)
+
+    env = dict(os.environ, MMCV_WITH_OPS="1", MAX_JOBS=str(jobs), FORCE_CUDA="1" if flavour == "cuda" else "0")
+    if flavour == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    n_sources = len(glob.glob(str(root / "mmcv" / "ops" / "csrc" / "**" / "*.cpp"), recursive=True))
+    if flavour == "cuda":
+        n_sources += len(glob.glob(str(root / "mmcv" / "ops" / "csrc" / "**" / "*.cu"), recursive=True))
+    print(f"compiling mmcv {MMCV_VERSION} ops ({flavour}, about {n_sources} sources, {jobs} jobs); "
+          "a cold CPU build takes about 20 minutes on 2 cores", flush=True)
+    out_dir = work / "dist"
+    cmd = [vpy, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", str(out_dir), str(root)]
+    print("+", " ".join(cmd), flush=True)
+    start = time.time()
+    done = 0
+    log_path = work / "build.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            # ninja prints "[k/n] ..." per object; plain setuptools prints one compiler line per source.
+            m = re.match(r"\s*\[(\d+)/(\d+)\]", line)
+            if m:
+                done, total = int(m.group(1)), int(m.group(2))
+            elif re.search(r"\b(g\+\+|c\+\+|gcc|nvcc)\b.* -c ", line):
+                done, total = done + 1, n_sources
+            else:
+                continue
+            mins = (time.time() - start) / 60
+            print(f"  [{done}/{total}] {mins:5.1f} min", flush=True)
+        rc = proc.wait()
+    if rc != 0:
+        tail = log_path.read_text().splitlines()[-40:]
+        raise SystemExit("mmcv build failed; last lines of " + str(log_path) + ":\n" + "\n".join(tail))
+    wheels = glob.glob(str(out_dir / "mmcv-*.whl"))
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / _cached_name(flavour)
+    shutil.copy(wheels[0], target.with_suffix(".tmp"))
+    os.replace(target.with_suffix(".tmp"), target)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"built in {(time.time() - start) / 60:.1f} min; cached as {target}", flush=True)
+    return target
+
+
+def _cached_name(flavour: str) -> str:
+    py = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    # The wheel file name must stay a valid wheel name for pip: encode the build in the local version.
+    local = f"torch{_torch_tag()}.{flavour}".replace("-", "_").replace(".", "_")
+    return f"mmcv-{MMCV_VERSION}+{local}-{py}-{py}-linux_x86_64.whl"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cuda", action="store_true", help="also build CUDA ops (needs nvcc)")
+    p.add_argument("--cpu", action="store_true", help="build CPU ops only even when a GPU is visible")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel compile jobs")
+    p.add_argument("--rebuild", action="store_true", help="ignore a cached wheel")
+    args = p.parse_args(argv)
+
+    import torch
+
+    flavour = "cpu"
+    if args.cuda or (not args.cpu and torch.cuda.is_available() and shutil.which("nvcc")):
+        flavour = "cuda"
+    if _installed_mmcv() == MMCV_VERSION and _ops_work() and not args.rebuild:
+        print(f"mmcv {MMCV_VERSION} with ops is already installed")
+        return 0
+    cache = _cache_dir()
+    wheel = cache / _cached_name(flavour)
+    if wheel.exists() and not args.rebuild:
+        print(f"using cached wheel {wheel}")
+    else:
+        wheel = _build(flavour, cache, args.jobs)
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)])
+    if not _ops_work():
+        raise SystemExit("mmcv installed but mmcv.ops does not work; rebuild with --rebuild")
+    print(f"mmcv {MMCV_VERSION} with {flavour} ops installed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

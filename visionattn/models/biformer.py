@@ -1,0 +1,1 @@
+"""BiFormer (CVPR 2023): bi-level routing attention backbones."""
