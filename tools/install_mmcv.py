@@ -124,20 +124,22 @@ def _build(flavour: str, cache: Path, jobs: int) -> Path:
         tail = log_path.read_text().splitlines()[-40:]
         raise SystemExit("mmcv build failed; last lines of " + str(log_path) + ":\n" + "\n".join(tail))
     wheels = glob.glob(str(out_dir / "mmcv-*.whl"))
-    cache.mkdir(parents=True, exist_ok=True)
     target = cache / _cached_name(flavour)
-    shutil.copy(wheels[0], target.with_suffix(".tmp"))
-    os.replace(target.with_suffix(".tmp"), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(wheels[0], str(target) + ".tmp")
+    os.replace(str(target) + ".tmp", target)
     shutil.rmtree(work, ignore_errors=True)
     print(f"built in {(time.time() - start) / 60:.1f} min; cached as {target}", flush=True)
     return target
 
 
 def _cached_name(flavour: str) -> str:
+    """Cache path of the wheel, relative to the cache dir: one folder per (torch, python, ops) build.
+
+    The file keeps the name pip gave it: a wheel whose file name disagrees with its metadata
+    version is rejected by pip."""
     py = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    # The wheel file name must stay a valid wheel name for pip: encode the build in the local version.
-    local = f"torch{_torch_tag()}.{flavour}".replace("-", "_").replace(".", "_")
-    return f"mmcv-{MMCV_VERSION}+{local}-{py}-{py}-linux_x86_64.whl"
+    return f"mmcv-{MMCV_VERSION}-torch{_torch_tag()}-{py}-{flavour}/mmcv-{MMCV_VERSION}-{py}-{py}-linux_x86_64.whl"
 
 
 def main(argv: list[str] | None = None) -> int:
