@@ -1,0 +1,248 @@
+"""One mmdet / mmseg backbone for every registered visionattn (timm) model.
+
+``VisionAttnBackbone`` builds the trunk with timm's ``features_only`` machinery (``FeatureListNet`` for
+models with a sequential feature layout, ``FeatureGetterNet`` for models that implement
+``forward_intermediates``), so every family plugs in without code here. It adds what the dense frameworks
+expect of a backbone: a tuple of NCHW maps, an optional LayerNorm2d on each output (BiFormer's official
+dense recipe), frozen stages, BatchNorm kept in eval mode, and ``init_cfg=dict(type='Pretrained', ...)``
+loading through the family's official-checkpoint converter.
+
+The class is registered in mmengine's root ``MODELS`` registry (which mmdet's and mmseg's registries fall
+back to) and, when those packages import, in ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import LayerNorm2d
+
+MM_HINT = (
+    "pip install visionattn[mm] (mmengine, mmdet, mmsegmentation); mmdet and mmseg need mmcv 2.1.0 with "
+    "compiled ops, which `python tools/install_mmcv.py` builds for the installed torch"
+)
+
+try:
+    from mmengine.model import BaseModule
+    from mmengine.registry import MODELS as MMENGINE_MODELS
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(f"visionattn.dense needs mmengine: {MM_HINT}") from e
+
+_logger = logging.getLogger(__name__)
+_OUT_NORMS = ("ln2d", "none")
+
+
+def require_mm(package: str) -> Any:
+    """Import ``package`` ("mmdet" or "mmseg") or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise ImportError(f"{package} is not usable ({e}); install it with {MM_HINT}") from e
+
+
+def _feature_module(trunk: nn.Module, name: str) -> nn.Module:
+    """The trunk's module for a feature_info module name (timm renames or nests it per wrapper)."""
+    candidates = [name, name.replace(".", "_"), f"model.{name}"]
+    for cand in candidates:
+        try:
+            return trunk.get_submodule(cand)
+        except AttributeError:
+            continue
+    raise ValueError(f"feature module {name!r} is not part of the trunk (looked for {candidates})")
+
+
+class VisionAttnBackbone(BaseModule):
+    """Any registered timm / visionattn model as an mmdet / mmseg backbone.
+
+    Args:
+        model_name: a timm model name (``visionattn.list_models()`` lists ours), e.g. ``"biformer_small"``.
+        model_kwargs: passed to ``timm.create_model`` (e.g. ``dict(n_win=16, drop_path_rate=0.2)``).
+        out_indices: feature indices to return (timm's ``feature_info`` indices).
+        out_norm: ``"ln2d"`` puts a LayerNorm2d on each returned map (applied to the output only, not fed
+            forward, as in BiFormer's official dense backbones); ``"none"`` returns the maps as they are.
+        norm_eval: keep every BatchNorm in eval mode (frozen running statistics) while training.
+        frozen_stages: ``-1`` freezes nothing; ``0`` freezes the stem (everything before feature 0);
+            ``k > 0`` freezes the stem and features ``0 .. k-1`` (parameters get ``requires_grad=False``
+            and the modules stay in eval mode).
+        init_cfg: ``dict(type='Pretrained', checkpoint=path)`` loads a classification checkpoint (official
+            layouts are converted by the family's converter); add ``prefix='backbone.'`` to take this
+            backbone's weights out of a full mmdet / mmseg checkpoint. Other mmengine init configs pass through.
+
+    Forward: ``(B, 3, H, W)`` -> tuple of ``(B, C_i, H / s_i, W / s_i)``, one per ``out_indices`` entry.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_kwargs: dict | None = None,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        out_norm: str = "ln2d",
+        norm_eval: bool = False,
+        frozen_stages: int = -1,
+        init_cfg: dict | list | None = None,
+    ) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(model_name, str) or not timm.is_model(model_name):
+            raise ValueError(
+                f"model_name={model_name!r} is not a registered timm model; pick one of visionattn.list_models() "
+                f"or timm.list_models() (import visionattn first so its models are registered)"
+            )
+        if out_norm not in _OUT_NORMS:
+            raise ValueError(f"out_norm={out_norm!r} is not one of {_OUT_NORMS}; use 'ln2d' or 'none'")
+        model_kwargs = dict(model_kwargs or {})
+        for key in ("features_only", "out_indices", "pretrained"):
+            if key in model_kwargs:
+                raise ValueError(
+                    f"model_kwargs[{key!r}] is set by VisionAttnBackbone; pass out_indices as its own argument "
+                    f"and pretrained weights through init_cfg=dict(type='Pretrained', checkpoint=...)"
+                )
+        self.model_name = model_name
+        self.model_kwargs = model_kwargs
+        self.out_indices = tuple(int(i) for i in out_indices)
+        self.trunk = self._create_trunk(pretrained_file=None)
+
+        info = self.trunk.feature_info
+        self.num_features = len(info.info)
+        # channels / strides of the returned maps, in out_indices order
+        self.channels: list[int] = list(info.channels())
+        self.strides: list[int] = list(info.reduction())
+        self.nhwc = str(getattr(self.trunk, "output_fmt", "NCHW")).endswith("NHWC")
+        if out_norm == "ln2d":
+            self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.channels)
+        else:
+            self.out_norms = nn.ModuleList(nn.Identity() for _ in self.channels)
+
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_features:
+            raise ValueError(
+                f"frozen_stages={frozen_stages!r} is out of range for {model_name}, which has {self.num_features} "
+                f"feature stages; use -1 (nothing), 0 (stem) up to {self.num_features}"
+            )
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self._frozen_modules: list[nn.Module] = []
+        self._freeze_stages()
+
+    # -- construction -------------------------------------------------------------------------------------
+    def _create_trunk(self, pretrained_file: str | None) -> nn.Module:
+        kwargs: dict[str, Any] = dict(self.model_kwargs)
+        if pretrained_file is not None:
+            kwargs["pretrained_cfg_overlay"] = dict(file=pretrained_file)
+        return timm.create_model(
+            self.model_name,
+            pretrained=pretrained_file is not None,
+            features_only=True,
+            out_indices=self.out_indices,
+            **kwargs,
+        )
+
+    def _freeze_stages(self) -> None:
+        """Freeze the stem and the first ``frozen_stages`` feature stages.
+
+        timm's feature wrappers assume modules are registered in the order they run; the same order
+        decides here what lies "before" the end of a stage.
+        """
+        if self.frozen_stages < 0:
+            return
+        params = list(self.trunk.named_parameters())
+        info = self.trunk.feature_info.info
+        if self.frozen_stages == 0:
+            first = {id(p) for p in _feature_module(self.trunk, info[0]["module"]).parameters()}
+            end = next((i for i, (_, p) in enumerate(params) if id(p) in first), len(params))
+        else:
+            last = {id(p) for p in _feature_module(self.trunk, info[self.frozen_stages - 1]["module"]).parameters()}
+            end = max((i + 1 for i, (_, p) in enumerate(params) if id(p) in last), default=0)
+        frozen = {id(p) for _, p in params[:end]}
+        for _, p in params[:end]:
+            p.requires_grad_(False)
+        # A module stays in eval mode when all of its parameters are frozen (BN statistics, dropout, drop path).
+        self._frozen_modules = [
+            m
+            for m in self.trunk.modules()
+            if (ps := list(m.parameters())) and all(id(p) in frozen for p in ps) and m is not self.trunk
+        ]
+        for i in range(self.frozen_stages):
+            self._frozen_modules.append(_feature_module(self.trunk, info[i]["module"]))
+        for m in self._frozen_modules:
+            m.eval()
+
+    # -- weights ------------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s checkpoint (or apply other mmengine init configs); timm already initialised
+        the trunk in its constructor, so nothing else is re-initialised."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
+            checkpoint = cfg.get("checkpoint")
+            if not isinstance(checkpoint, str):
+                raise ValueError(f"init_cfg.checkpoint={checkpoint!r} must be a file path")
+            prefix = cfg.get("prefix")
+            if prefix:
+                self._load_prefixed(checkpoint, prefix)
+            else:
+                # Build the same trunk with timm's pretrained path: the family's converter (its
+                # pretrained_filter_fn) maps the official layout, then the weights are copied over.
+                loaded = self._create_trunk(pretrained_file=checkpoint)
+                self.trunk.load_state_dict(loaded.state_dict())
+            _logger.info("VisionAttnBackbone(%s): loaded %s", self.model_name, checkpoint)
+            self._is_init = True
+        elif cfg is not None:
+            super().init_weights()
+        else:
+            self._is_init = True
+        self._freeze_stages()
+
+    def _load_prefixed(self, checkpoint: str, prefix: str) -> None:
+        from timm.models import load_state_dict
+
+        state = load_state_dict(checkpoint, use_ema=False, weights_only=True)
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not sub:
+            raise ValueError(f"init_cfg.prefix={prefix!r} matches no key of {checkpoint}; check the prefix")
+        self.load_state_dict(sub, strict=True)
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) -> tuple of (B, C_i, H_i, W_i)."""
+        feats = self.trunk(x)
+        if isinstance(feats, dict):
+            feats = list(feats.values())
+        outs = []
+        for norm, f in zip(self.out_norms, feats, strict=True):
+            if self.nhwc:
+                f = f.permute(0, 3, 1, 2)
+            outs.append(norm(f).contiguous())
+        return tuple(outs)
+
+    def train(self, mode: bool = True) -> VisionAttnBackbone:
+        super().train(mode)
+        if mode:
+            for m in self._frozen_modules:
+                m.eval()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
+
+
+def _register() -> None:
+    """Register in mmengine's root registry, and in mmdet's / mmseg's when they import."""
+    MMENGINE_MODELS.register_module(module=VisionAttnBackbone, force=True)
+    for package in ("mmdet", "mmseg"):
+        if importlib.util.find_spec(package) is None:
+            continue
+        try:
+            registry = importlib.import_module(f"{package}.registry")
+        except Exception as e:  # a broken mmcv makes mmdet fail at import; the root registry still works
+            _logger.debug("not registering VisionAttnBackbone in %s: %s", package, e)
+            continue
+        registry.MODELS.register_module(module=VisionAttnBackbone, force=True)
+
+
+_register()
