@@ -1,0 +1,780 @@
+"""2-D neighborhood attention (NAT / DiNAT, CVPR'23; TransNeXt's sliding window, CVPR'24).
+
+Every query of a ``(H, W)`` map attends to a ``kh x kw`` window of keys around it. Per axis, with length
+``L``, kernel ``K`` and dilation ``d`` (NATTEN's rule):
+
+- dilation groups: position ``i`` belongs to group ``g = i % d`` with in-group coordinate ``i' = i // d``;
+  a query only sees keys of its own group, whose length is ``L_g = ceil((L - g) / d)``;
+- ``left = K // 2`` keys before the query (``K // 2 - 1`` after it when ``K`` is even);
+- ``border="shift"``: the window starts at ``clamp(i' - left, 0, L_g - K)``, so it is shifted inward at the
+  borders and every query sees exactly ``K`` keys per axis (needs ``K * d <= L``);
+- ``border="mask"``: the window starts at ``i' - left`` and keys outside the image are left out of the
+  softmax (TransNeXt's 3x3 sliding window); any map size works.
+
+The 2-D window is the product of the two axes. An optional relative positional bias ``rpb``
+``(heads, 2kh-1, 2kw-1)`` is added to the logits at index ``(j' - i') + (K - 1)`` per axis (NAT/DiNAT
+checkpoints). Optional ``additional_keys/values`` ``(B, heads, M, d)`` are attended by every query inside the
+same softmax (TransNeXt's pooled keys).
+
+The reference gathers the ``kh * kw`` neighbours of every query with two index tensors (one per axis); the
+Triton kernels walk the union of the windows of a tile of queries (its key halo) with an online softmax and
+never materialise the attention matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from . import _dispatch
+
+__all__ = ["na2d", "na2d_reference", "NeighborhoodAttention2DOp", "neighbor_index"]
+
+_BORDERS = ("shift", "mask")
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in items):
+        raise TypeError(f"{name} must be an int or a pair of ints (rows, cols), got {value!r}")
+    if any(x < 1 for x in items):
+        raise ValueError(f"{name}={value!r} must be >= 1 on both axes")
+    return items
+
+
+def _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border):
+    if border not in _BORDERS:
+        raise ValueError(f"border={border!r} is not one of {_BORDERS}; use 'shift' (NATTEN) or 'mask' (TransNeXt)")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dim() != 5:
+        raise ValueError(f"q must be (B, heads, H, W, head_dim), got shape {tuple(q.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"k and v must have the shape of q {tuple(q.shape)}, got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not q.is_floating_point() or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    dh, dw = _pair(dilation, "dilation")
+    b, heads, h, w, d = q.shape
+    if border == "shift" and (kh * dh > h or kw * dw > w):
+        raise ValueError(
+            f"border='shift' needs kernel_size * dilation <= the map on both axes, got kernel_size={(kh, kw)}, "
+            f"dilation={(dh, dw)} for a {h}x{w} map; pad the input (e.g. F.pad) to at least "
+            f"{max(h, kh * dh)}x{max(w, kw * dw)}, lower kernel_size/dilation, or use border='mask'"
+        )
+    if rpb is not None:
+        if not isinstance(rpb, torch.Tensor) or not rpb.is_floating_point():
+            raise TypeError(f"rpb must be a floating tensor (heads, 2*kh-1, 2*kw-1), got {type(rpb).__name__}")
+        if tuple(rpb.shape) != (heads, 2 * kh - 1, 2 * kw - 1):
+            raise ValueError(
+                f"rpb must be (heads, 2*kh-1, 2*kw-1) = {(heads, 2 * kh - 1, 2 * kw - 1)} for kernel_size "
+                f"{(kh, kw)}, got {tuple(rpb.shape)}"
+            )
+    if (additional_keys is None) != (additional_values is None):
+        raise ValueError("additional_keys and additional_values must be given together (or both left as None)")
+    if additional_keys is not None:
+        ak, av = additional_keys, additional_values
+        if ak.dim() != 4 or ak.shape[:2] != (b, heads) or ak.shape[3] != d or av.shape != ak.shape:
+            raise ValueError(
+                f"additional_keys/values must both be (B, heads, M, head_dim) = ({b}, {heads}, M, {d}), "
+                f"got {tuple(ak.shape)} and {tuple(av.shape)}"
+            )
+        if ak.dtype != q.dtype or av.dtype != q.dtype:
+            raise TypeError(f"additional_keys/values must have q's dtype {q.dtype}, got {ak.dtype}, {av.dtype}")
+    return kh, kw, dh, dw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference
+
+
+def neighbor_index(
+    length: int, kernel: int, dilation: int, border: str, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neighbours of every position of one axis.
+
+    Returns ``index`` (L, K) long (key positions, clamped into range), ``valid`` (L, K) bool (False only in
+    border="mask" for keys outside the axis) and ``bias_index`` (L, K) long (``(j' - i') + (K - 1)``).
+    """
+    pos = torch.arange(length, device=device)
+    group = pos % dilation
+    inner = pos // dilation
+    group_len = torch.div(length - group + dilation - 1, dilation, rounding_mode="floor")
+    start = inner - kernel // 2
+    if border == "shift":
+        start = torch.minimum(start.clamp(min=0), group_len - kernel)
+    key_inner = start[:, None] + torch.arange(kernel, device=device)
+    valid = (key_inner >= 0) & (key_inner < group_len[:, None])
+    index = torch.minimum(key_inner.clamp(min=0), group_len[:, None] - 1) * dilation + group[:, None]
+    bias_index = key_inner - inner[:, None] + kernel - 1
+    return index, valid, bias_index
+
+
+def na2d_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+    *,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    additional_keys: torch.Tensor | None = None,
+    additional_values: torch.Tensor | None = None,
+    border: str = "shift",
+) -> torch.Tensor:
+    """Plain PyTorch neighborhood attention; differentiable, runs anywhere, the ground truth for the kernels.
+
+    q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d).
+    Returns (B, heads, H, W, d). Memory: the gathered K and V are ``kh * kw`` times the size of K and V.
+    """
+    kh, kw, dh, dw = _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    h, w = q.shape[2:4]
+    idx_h, valid_h, pb_h = neighbor_index(h, kh, dh, border, q.device)
+    idx_w, valid_w, pb_w = neighbor_index(w, kw, dw, border, q.device)
+
+    def gather(x):  # (B, heads, H, W, d) -> (B, heads, H, W, kh, kw, d)
+        x = x[:, :, idx_h]  # (B, heads, H, kh, W, d)
+        x = x[:, :, :, :, idx_w]  # (B, heads, H, kh, W, kw, d)
+        return x.permute(0, 1, 2, 4, 3, 5, 6)
+
+    kg, vg = gather(k), gather(v)
+    logits = torch.einsum("bnhwd,bnhwijd->bnhwij", q * scale, kg)
+    if rpb is not None:
+        bias = rpb[:, pb_h[:, None, :, None], pb_w[None, :, None, :]]  # (heads, H, W, kh, kw)
+        logits = logits + bias.to(logits.dtype)
+    if border == "mask":
+        valid = valid_h[:, None, :, None] & valid_w[None, :, None, :]  # (H, W, kh, kw)
+        logits = logits.masked_fill(~valid, float("-inf"))
+    logits = logits.flatten(-2)
+    if additional_keys is not None:
+        extra = torch.einsum("bnhwd,bnmd->bnhwm", q * scale, additional_keys)
+        attn = torch.cat([logits, extra], dim=-1).softmax(dim=-1)
+        attn, attn_extra = attn.split([kh * kw, extra.shape[-1]], dim=-1)
+        out = torch.einsum("bnhwm,bnmd->bnhwd", attn_extra, additional_values)
+    else:
+        attn = logits.softmax(dim=-1)
+        out = 0
+    return out + torch.einsum("bnhwk,bnhwkd->bnhwd", attn, vg.flatten(4, 5))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+#
+# Layout: q/k/v/o contiguous (B*heads, H, W, D); LSE (B*heads, H*W) fp32 in log2 units. A program owns a
+# TH x TW tile of in-group coordinates of one dilation group; its keys are the union of its queries' windows
+# (a rectangle, because window starts are monotone in the query coordinate), visited BN keys at a time.
+
+if _dispatch.HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _win_start(i, length, K: tl.constexpr, SHIFT: tl.constexpr):
+        # first in-group key of the window of in-group query i
+        if SHIFT:
+            start = tl.minimum(tl.maximum(i - K // 2, 0), length - K)
+        else:
+            start = i - K // 2
+        return start
+
+    @triton.jit
+    def _key_span(i0, i1, length, K: tl.constexpr, SHIFT: tl.constexpr):
+        # in-group keys seen by the queries i0..i1 (i1 >= i0, both < length): [lo, hi]
+        if SHIFT:
+            lo = _win_start(i0, length, K, SHIFT)
+            hi = _win_start(i1, length, K, SHIFT) + K - 1
+        else:
+            lo = tl.maximum(i0 - K // 2, 0)
+            hi = tl.minimum(i1 + (K - 1 - K // 2), length - 1)
+        return lo, hi
+
+    @triton.jit
+    def _query_span(j0, j1, length, K: tl.constexpr, SHIFT: tl.constexpr):
+        # in-group queries whose window holds one of the keys j0..j1: [lo, hi]
+        right = K - 1 - K // 2
+        if SHIFT:
+            lo = tl.where(j0 <= K - 1, 0, j0 - right)
+            hi = tl.where(j1 >= length - K, length - 1, j1 + K // 2)
+        else:
+            lo = tl.maximum(j0 - right, 0)
+            hi = tl.minimum(j1 + K // 2, length - 1)
+        return lo, hi
+
+    @triton.jit
+    def _tile(pid, H, W, dil_h, dil_w, TH: tl.constexpr, TW: tl.constexpr):
+        # program id -> dilation group (gy, gx), group lengths, and the tile's first in-group coordinates
+        tiles_w = tl.cdiv(tl.cdiv(W, dil_w), TW)
+        tiles_h = tl.cdiv(tl.cdiv(H, dil_h), TH)
+        tx = pid % tiles_w
+        rest = pid // tiles_w
+        ty = rest % tiles_h
+        rest = rest // tiles_h
+        gx = rest % dil_w
+        gy = rest // dil_w
+        len_h = (H - gy + dil_h - 1) // dil_h
+        len_w = (W - gx + dil_w - 1) // dil_w
+        return gy, gx, len_h, len_w, ty * TH, tx * TW
+
+    @triton.jit
+    def _scores(
+        a, b, ar, ac, br, bc, a_win_r, a_win_c, valid, RPB, head, scale2,
+        KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, PREC: tl.constexpr, A_IS_QUERY: tl.constexpr,
+    ):  # fmt: skip
+        # log2-scaled logits of a @ b for a tile of queries x keys (or keys x queries when not A_IS_QUERY),
+        # with the window membership of every pair; a_win_* are the window starts of the query side
+        s = tl.dot(a, b, input_precision=PREC) * scale2
+        if A_IS_QUERY:
+            dr = br[None, :] - ar[:, None]
+            dc = bc[None, :] - ac[:, None]
+            member = (br[None, :] >= a_win_r[:, None]) & (br[None, :] < a_win_r[:, None] + KH)
+            member &= (bc[None, :] >= a_win_c[:, None]) & (bc[None, :] < a_win_c[:, None] + KW)
+        else:
+            dr = ar[:, None] - br[None, :]
+            dc = ac[:, None] - bc[None, :]
+            member = (ar[:, None] >= a_win_r[None, :]) & (ar[:, None] < a_win_r[None, :] + KH)
+            member &= (ac[:, None] >= a_win_c[None, :]) & (ac[:, None] < a_win_c[None, :] + KW)
+        member &= valid
+        if HAS_RPB:
+            bias_ptr = RPB + head * (2 * KH - 1) * (2 * KW - 1) + (dr + KH - 1) * (2 * KW - 1) + (dc + KW - 1)
+            bias = tl.load(bias_ptr, mask=member, other=0.0).to(tl.float32)
+            s += bias * 1.4426950408889634
+        return tl.where(member, s, float("-inf")), member
+
+    @triton.jit
+    def _na2d_fwd_kernel(
+        Q, K, V, RPB, AK, AV, Out, LSE,
+        scale2, H, W, D, n_heads, M, dil_h, dil_w,
+        KH: tl.constexpr, KW: tl.constexpr, SHIFT: tl.constexpr, HAS_RPB: tl.constexpr,
+        HAS_EXTRA: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+        TH: tl.constexpr, TW: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    ):  # fmt: skip
+        bh = tl.program_id(1)
+        head = bh % n_heads
+        gy, gx, len_h, len_w, i0, j0 = _tile(tl.program_id(0), H, W, dil_h, dil_w, TH, TW)
+        base = bh.to(tl.int64) * H * W * D
+        offs_m = tl.arange(0, TH * TW)
+        offs_d = tl.arange(0, BD)
+        dmask = offs_d < D
+        qr = i0 + offs_m // TW
+        qc = j0 + offs_m % TW
+        qvalid = (qr < len_h) & (qc < len_w)
+        q_pix = (qr * dil_h + gy) * W + qc * dil_w + gx
+        q = tl.load(Q + base + q_pix[:, None] * D + offs_d[None, :], mask=qvalid[:, None] & dmask[None, :], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        win_r = _win_start(qr, len_h, KH, SHIFT)
+        win_c = _win_start(qc, len_w, KW, SHIFT)
+
+        empty = (i0 >= len_h) | (j0 >= len_w)
+        lo_r, hi_r = _key_span(i0, tl.minimum(i0 + TH - 1, len_h - 1), len_h, KH, SHIFT)
+        lo_c, hi_c = _key_span(j0, tl.minimum(j0 + TW - 1, len_w - 1), len_w, KW, SHIFT)
+        ext_c = hi_c - lo_c + 1
+        n_keys = tl.where(empty, 0, (hi_r - lo_r + 1) * ext_c)
+
+        # a finite start for the running max keeps rows without any key yet free of inf - inf
+        m_i = tl.full([TH * TW], -1.0e30, tl.float32)
+        l_i = tl.zeros([TH * TW], tl.float32)
+        acc = tl.zeros([TH * TW, BD], tl.float32)
+        for n0 in range(0, n_keys, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            kvalid = offs_n < n_keys
+            kr = lo_r + offs_n // ext_c
+            kc = lo_c + offs_n % ext_c
+            k_pix = (kr * dil_h + gy) * W + kc * dil_w + gx
+            kt = tl.load(
+                K + base + k_pix[None, :] * D + offs_d[:, None], mask=kvalid[None, :] & dmask[:, None], other=0.0
+            )
+            vv = tl.load(
+                V + base + k_pix[:, None] * D + offs_d[None, :], mask=kvalid[:, None] & dmask[None, :], other=0.0
+            )
+            if UPCAST:
+                kt = kt.to(tl.float32)
+                vv = vv.to(tl.float32)
+            valid = qvalid[:, None] & kvalid[None, :]
+            s, _ = _scores(q, kt, qr, qc, kr, kc, win_r, win_c, valid, RPB, head, scale2, KH, KW, HAS_RPB, PREC, True)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
+            m_i = m_new
+        if HAS_EXTRA:
+            for e0 in range(0, M, BN):
+                offs_e = e0 + tl.arange(0, BN)
+                evalid = offs_e < M
+                e_off = bh.to(tl.int64) * M * D + offs_e * D
+                kt = tl.load(AK + e_off[None, :] + offs_d[:, None], mask=evalid[None, :] & dmask[:, None], other=0.0)
+                vv = tl.load(AV + e_off[:, None] + offs_d[None, :], mask=evalid[:, None] & dmask[None, :], other=0.0)
+                if UPCAST:
+                    kt = kt.to(tl.float32)
+                    vv = vv.to(tl.float32)
+                s = tl.dot(q, kt, input_precision=PREC) * scale2
+                s = tl.where(evalid[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
+                m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        tl.store(
+            Out + base + q_pix[:, None] * D + offs_d[None, :], out.to(Out.dtype.element_ty),
+            mask=qvalid[:, None] & dmask[None, :],
+        )  # fmt: skip
+        tl.store(LSE + bh.to(tl.int64) * H * W + q_pix, m_i + tl.log2(l_safe), mask=qvalid)
+
+    @triton.jit
+    def _na2d_bwd_dq_kernel(
+        Q, K, V, RPB, AK, AV, DO, LSE, DELTA, DQ, DS,
+        scale2, scale, H, W, D, n_heads, M, dil_h, dil_w,
+        KH: tl.constexpr, KW: tl.constexpr, SHIFT: tl.constexpr, HAS_RPB: tl.constexpr,
+        HAS_EXTRA: tl.constexpr, STORE_DS: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+        TH: tl.constexpr, TW: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    ):  # fmt: skip
+        # dQ for a tile of queries (same key walk as the forward); with STORE_DS also the logit gradients at
+        # their window positions, DS (B*heads, H*W, KH*KW), which the host reduces into d rpb
+        bh = tl.program_id(1)
+        head = bh % n_heads
+        gy, gx, len_h, len_w, i0, j0 = _tile(tl.program_id(0), H, W, dil_h, dil_w, TH, TW)
+        base = bh.to(tl.int64) * H * W * D
+        offs_m = tl.arange(0, TH * TW)
+        offs_d = tl.arange(0, BD)
+        dmask = offs_d < D
+        qr = i0 + offs_m // TW
+        qc = j0 + offs_m % TW
+        qvalid = (qr < len_h) & (qc < len_w)
+        q_pix = (qr * dil_h + gy) * W + qc * dil_w + gx
+        qd_mask = qvalid[:, None] & dmask[None, :]
+        q = tl.load(Q + base + q_pix[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+        do = tl.load(DO + base + q_pix[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(LSE + bh.to(tl.int64) * H * W + q_pix, mask=qvalid, other=0.0)
+        delta = tl.load(DELTA + bh.to(tl.int64) * H * W + q_pix, mask=qvalid, other=0.0)
+        win_r = _win_start(qr, len_h, KH, SHIFT)
+        win_c = _win_start(qc, len_w, KW, SHIFT)
+
+        empty = (i0 >= len_h) | (j0 >= len_w)
+        lo_r, hi_r = _key_span(i0, tl.minimum(i0 + TH - 1, len_h - 1), len_h, KH, SHIFT)
+        lo_c, hi_c = _key_span(j0, tl.minimum(j0 + TW - 1, len_w - 1), len_w, KW, SHIFT)
+        ext_c = hi_c - lo_c + 1
+        n_keys = tl.where(empty, 0, (hi_r - lo_r + 1) * ext_c)
+
+        dq = tl.zeros([TH * TW, BD], tl.float32)
+        for n0 in range(0, n_keys, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            kvalid = offs_n < n_keys
+            kr = lo_r + offs_n // ext_c
+            kc = lo_c + offs_n % ext_c
+            k_pix = (kr * dil_h + gy) * W + kc * dil_w + gx
+            kt = tl.load(
+                K + base + k_pix[None, :] * D + offs_d[:, None], mask=kvalid[None, :] & dmask[:, None], other=0.0
+            )
+            vt = tl.load(
+                V + base + k_pix[None, :] * D + offs_d[:, None], mask=kvalid[None, :] & dmask[:, None], other=0.0
+            )
+            if UPCAST:
+                kt = kt.to(tl.float32)
+                vt = vt.to(tl.float32)
+            valid = qvalid[:, None] & kvalid[None, :]
+            s, member = _scores(
+                q, kt, qr, qc, kr, kc, win_r, win_c, valid, RPB, head, scale2, KH, KW, HAS_RPB, PREC, True
+            )
+            p = tl.where(member, tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, vt, input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+            if STORE_DS:
+                pos = (kr[None, :] - win_r[:, None]) * KW + (kc[None, :] - win_c[:, None])
+                ds_ptr = DS + (bh.to(tl.int64) * H * W + q_pix[:, None]) * (KH * KW) + pos
+                tl.store(ds_ptr, ds, mask=member)
+        if HAS_EXTRA:
+            for e0 in range(0, M, BN):
+                offs_e = e0 + tl.arange(0, BN)
+                evalid = offs_e < M
+                e_off = bh.to(tl.int64) * M * D + offs_e * D
+                kt = tl.load(AK + e_off[None, :] + offs_d[:, None], mask=evalid[None, :] & dmask[:, None], other=0.0)
+                vt = tl.load(AV + e_off[None, :] + offs_d[:, None], mask=evalid[None, :] & dmask[:, None], other=0.0)
+                if UPCAST:
+                    kt = kt.to(tl.float32)
+                    vt = vt.to(tl.float32)
+                s = tl.dot(q, kt, input_precision=PREC) * scale2
+                member = qvalid[:, None] & evalid[None, :]
+                p = tl.where(member, tl.exp2(s - lse[:, None]), 0.0)
+                dp = tl.dot(do, vt, input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+        tl.store(DQ + base + q_pix[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)
+
+    @triton.jit
+    def _na2d_bwd_dkdv_kernel(
+        Q, K, V, RPB, DO, LSE, DELTA, DK, DV,
+        scale2, scale, H, W, D, n_heads, dil_h, dil_w,
+        KH: tl.constexpr, KW: tl.constexpr, SHIFT: tl.constexpr, HAS_RPB: tl.constexpr,
+        UPCAST: tl.constexpr, PREC: tl.constexpr,
+        TH: tl.constexpr, TW: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    ):  # fmt: skip
+        # dK, dV for a tile of keys: walks the rectangle of queries whose windows can hold one of its keys
+        bh = tl.program_id(1)
+        head = bh % n_heads
+        gy, gx, len_h, len_w, i0, j0 = _tile(tl.program_id(0), H, W, dil_h, dil_w, TH, TW)
+        base = bh.to(tl.int64) * H * W * D
+        offs_m = tl.arange(0, TH * TW)
+        offs_d = tl.arange(0, BD)
+        dmask = offs_d < D
+        kr = i0 + offs_m // TW
+        kc = j0 + offs_m % TW
+        kvalid = (kr < len_h) & (kc < len_w)
+        k_pix = (kr * dil_h + gy) * W + kc * dil_w + gx
+        kd_mask = kvalid[:, None] & dmask[None, :]
+        k = tl.load(K + base + k_pix[:, None] * D + offs_d[None, :], mask=kd_mask, other=0.0)
+        v = tl.load(V + base + k_pix[:, None] * D + offs_d[None, :], mask=kd_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+
+        empty = (i0 >= len_h) | (j0 >= len_w)
+        lo_r, hi_r = _query_span(i0, tl.minimum(i0 + TH - 1, len_h - 1), len_h, KH, SHIFT)
+        lo_c, hi_c = _query_span(j0, tl.minimum(j0 + TW - 1, len_w - 1), len_w, KW, SHIFT)
+        ext_c = hi_c - lo_c + 1
+        n_queries = tl.where(empty, 0, (hi_r - lo_r + 1) * ext_c)
+
+        dk = tl.zeros([TH * TW, BD], tl.float32)
+        dv = tl.zeros([TH * TW, BD], tl.float32)
+        for n0 in range(0, n_queries, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            qvalid = offs_n < n_queries
+            qr = lo_r + offs_n // ext_c
+            qc = lo_c + offs_n % ext_c
+            q_pix = (qr * dil_h + gy) * W + qc * dil_w + gx
+            qd_mask = qvalid[:, None] & dmask[None, :]
+            q = tl.load(Q + base + q_pix[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+            do = tl.load(DO + base + q_pix[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(LSE + bh.to(tl.int64) * H * W + q_pix, mask=qvalid, other=0.0)
+            delta = tl.load(DELTA + bh.to(tl.int64) * H * W + q_pix, mask=qvalid, other=0.0)
+            win_r = _win_start(qr, len_h, KH, SHIFT)
+            win_c = _win_start(qc, len_w, KW, SHIFT)
+            valid = kvalid[:, None] & qvalid[None, :]
+            st, member = _scores(
+                k, tl.trans(q), kr, kc, qr, qc, win_r, win_c, valid, RPB, head, scale2, KH, KW, HAS_RPB, PREC, False
+            )
+            pt = tl.where(member, tl.exp2(st - lse[None, :]), 0.0)
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+            dst = pt * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+        tl.store(DK + base + k_pix[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kd_mask)
+        tl.store(DV + base + k_pix[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kd_mask)
+
+    @triton.jit
+    def _na2d_bwd_extra_kernel(
+        Q, AK, AV, DO, LSE, DELTA, DAK, DAV,
+        scale2, scale, N, D, M, queries_per_split,
+        UPCAST: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    ):  # fmt: skip
+        # partial dK, dV of the additional keys over one split of the queries; DAK/DAV (splits, B*heads, M, D)
+        # fp32, summed over splits by the host (deterministic, no atomics)
+        e_tile = tl.program_id(0)
+        split = tl.program_id(1)
+        bh = tl.program_id(2)
+        offs_e = e_tile * BM + tl.arange(0, BM)
+        offs_d = tl.arange(0, BD)
+        dmask = offs_d < D
+        evalid = offs_e < M
+        e_off = bh.to(tl.int64) * M * D + offs_e[:, None] * D + offs_d[None, :]
+        ed_mask = evalid[:, None] & dmask[None, :]
+        ak = tl.load(AK + e_off, mask=ed_mask, other=0.0)
+        av = tl.load(AV + e_off, mask=ed_mask, other=0.0)
+        if UPCAST:
+            ak = ak.to(tl.float32)
+            av = av.to(tl.float32)
+        base = bh.to(tl.int64) * N * D
+        q_start = split * queries_per_split
+        q_end = tl.minimum(q_start + queries_per_split, N)
+        dak = tl.zeros([BM, BD], tl.float32)
+        dav = tl.zeros([BM, BD], tl.float32)
+        for n0 in range(q_start, q_end, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            qvalid = offs_n < q_end
+            qd_mask = qvalid[:, None] & dmask[None, :]
+            q = tl.load(Q + base + offs_n[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+            do = tl.load(DO + base + offs_n[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(LSE + bh.to(tl.int64) * N + offs_n, mask=qvalid, other=0.0)
+            delta = tl.load(DELTA + bh.to(tl.int64) * N + offs_n, mask=qvalid, other=0.0)
+            st = tl.dot(ak, tl.trans(q), input_precision=PREC) * scale2
+            member = evalid[:, None] & qvalid[None, :]
+            pt = tl.where(member, tl.exp2(st - lse[None, :]), 0.0)
+            dav += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+            dpt = tl.dot(av, tl.trans(do), input_precision=PREC)
+            dst = pt * (dpt - delta[None, :])
+            dak += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+        out_off = (split * tl.num_programs(2) + bh).to(tl.int64) * M * D + offs_e[:, None] * D + offs_d[None, :]
+        tl.store(DAK + out_off, dak * scale, mask=ed_mask)
+        tl.store(DAV + out_off, dav, mask=ed_mask)
+
+
+# Tile configs: one fixed config under the interpreter (it cannot autotune; big tiles mean few slow
+# iterations), a small autotuned set on GPU.
+_INTERPRET_TILE = {"TH": 8, "TW": 8, "BN": 128}
+_INTERPRET_EXTRA = {"BM": 32, "BN": 64}
+_kernel_cache: dict[str, object] = {}
+
+
+def _tile_configs():
+    cfgs = []
+    for th, tw in ((8, 8), (8, 16), (16, 8), (16, 16)):
+        for bn in (64, 128):
+            for warps in (4, 8):
+                if th * tw * bn > 16 * 16 * 64 and warps == 4:
+                    continue
+                cfgs.append(triton.Config({"TH": th, "TW": tw, "BN": bn}, num_warps=warps, num_stages=2))
+    return cfgs
+
+
+def _kernel(name: str):
+    """The launchable kernel: fixed config when interpreting, autotuned on GPU (built on first use)."""
+    if name in _kernel_cache:
+        return _kernel_cache[name]
+    raw = {
+        "fwd": _na2d_fwd_kernel,
+        "dq": _na2d_bwd_dq_kernel,
+        "dkdv": _na2d_bwd_dkdv_kernel,
+        "extra": _na2d_bwd_extra_kernel,
+    }[name]
+    if _dispatch.interpreting():
+        fixed = _INTERPRET_EXTRA if name == "extra" else _INTERPRET_TILE
+        kernel = (raw, fixed)
+    elif name == "extra":
+        configs = [
+            triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=2)
+            for bm in (32, 64)
+            for bn in (64, 128)
+            for w in (4, 8)
+        ]
+        kernel = (triton.autotune(configs=configs, key=["N", "M", "BD", "UPCAST"])(raw), {})
+    else:
+        kernel = (triton.autotune(configs=_tile_configs(), key=["H", "W", "KH", "KW", "BD", "SHIFT"])(raw), {})
+    _kernel_cache[name] = kernel
+    return kernel
+
+
+def _tile_grid(h, w, dh, dw, bh):
+    def grid(meta):
+        tiles = triton.cdiv(triton.cdiv(h, dh), meta["TH"]) * triton.cdiv(triton.cdiv(w, dw), meta["TW"])
+        return (dh * dw * tiles, bh)
+
+    return grid
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _triton_problem(q: torch.Tensor, rpb: torch.Tensor | None) -> str | None:
+    """Why the Triton kernels cannot take these inputs, or None."""
+    if q.dtype not in _TRITON_DTYPES:
+        return f"the Triton na2d kernel takes float16, bfloat16 or float32 inputs, got {q.dtype}"
+    if q.shape[-1] > _MAX_HEAD_DIM:
+        return f"the Triton na2d kernel takes head_dim <= {_MAX_HEAD_DIM}, got {q.shape[-1]}"
+    if rpb is not None and rpb.device != q.device:
+        return f"rpb is on {rpb.device} but q is on {q.device}; move rpb to q's device"
+    return None
+
+
+class _NA2DFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, ak, av, kh, kw, dh, dw, shift, scale):
+        b, heads, h, w, d = q.shape
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        has_rpb = rpb is not None
+        has_extra = ak is not None
+        rpb_c = rpb.contiguous() if has_rpb else q
+        ak_c = ak.contiguous() if has_extra else q
+        av_c = av.contiguous() if has_extra else q
+        m = ak.shape[2] if has_extra else 0
+        o = torch.empty_like(q)
+        lse = torch.empty((b * heads, h * w), device=q.device, dtype=torch.float32)
+        bd = max(16, triton.next_power_of_2(d))
+        upcast = q.dtype == torch.bfloat16 and _dispatch.interpreting()
+        prec = _precision(q.dtype)
+        kernel, fixed = _kernel("fwd")
+        kernel[_tile_grid(h, w, dh, dw, b * heads)](
+            q, k, v, rpb_c, ak_c, av_c, o, lse,
+            scale * math.log2(math.e), h, w, d, heads, m, dh, dw,
+            KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, HAS_EXTRA=has_extra, UPCAST=upcast, PREC=prec,
+            BD=bd, **fixed,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, rpb, ak, av, o, lse)
+        ctx.meta = (kh, kw, dh, dw, shift, scale, bd, upcast, prec)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, rpb, ak, av, o, lse = ctx.saved_tensors
+        kh, kw, dh, dw, shift, scale, bd, upcast, prec = ctx.meta
+        b, heads, h, w, d = q.shape
+        has_rpb = rpb is not None
+        has_extra = ak is not None
+        m = ak.shape[2] if has_extra else 0
+        do = do.contiguous()
+        delta = (do.float() * o.float()).sum(-1).view(b * heads, h * w)
+        scale2 = scale * math.log2(math.e)
+        need_ds = has_rpb and ctx.needs_input_grad[3]
+        rpb_c = rpb.contiguous() if has_rpb else q
+        ak_c = ak.contiguous() if has_extra else q
+        av_c = av.contiguous() if has_extra else q
+        ds = torch.zeros((b * heads, h * w, kh * kw), device=q.device, dtype=torch.float32) if need_ds else lse
+        dq = torch.empty_like(q)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        grid = _tile_grid(h, w, dh, dw, b * heads)
+
+        kernel, fixed = _kernel("dq")
+        kernel[grid](
+            q, k, v, rpb_c, ak_c, av_c, do, lse, delta, dq, ds,
+            scale2, scale, h, w, d, heads, m, dh, dw,
+            KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, HAS_EXTRA=has_extra, STORE_DS=need_ds, UPCAST=upcast,
+            PREC=prec, BD=bd, **fixed,
+        )  # fmt: skip
+        kernel, fixed = _kernel("dkdv")
+        kernel[grid](
+            q, k, v, rpb_c, do, lse, delta, dk, dv,
+            scale2, scale, h, w, d, heads, dh, dw,
+            KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, UPCAST=upcast, PREC=prec, BD=bd, **fixed,
+        )  # fmt: skip
+
+        drpb = dak = dav = None
+        if need_ds:
+            border = "shift" if shift else "mask"
+            _, _, pb_h = neighbor_index(h, kh, dh, border, q.device)
+            _, _, pb_w = neighbor_index(w, kw, dw, border, q.device)
+            flat = pb_h[:, None, :, None] * (2 * kw - 1) + pb_w[None, :, None, :]  # (H, W, kh, kw)
+            per_head = ds.view(b, heads, -1).sum(0)
+            drpb = torch.zeros((heads, (2 * kh - 1) * (2 * kw - 1)), device=q.device, dtype=torch.float32)
+            drpb.index_add_(1, flat.reshape(-1), per_head)
+            drpb = drpb.view_as(rpb).to(rpb.dtype)
+        if has_extra and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
+            n = h * w
+            if _dispatch.interpreting():
+                splits = 1
+            else:  # enough programs to fill the GPU, at least 256 queries each
+                splits = max(1, min(triton.cdiv(n, 256), triton.cdiv(512, b * heads)))
+            per_split = triton.cdiv(n, splits)
+            dak_parts = torch.empty((splits, b * heads, m, d), device=q.device, dtype=torch.float32)
+            dav_parts = torch.empty_like(dak_parts)
+            kernel, fixed = _kernel("extra")
+            kernel[lambda meta: (triton.cdiv(m, meta["BM"]), splits, b * heads)](
+                q, ak_c, av_c, do, lse, delta, dak_parts, dav_parts,
+                scale2, scale, n, d, m, per_split, UPCAST=upcast, PREC=prec, BD=bd, **fixed,
+            )  # fmt: skip
+            dak = dak_parts.sum(0).view_as(ak).to(ak.dtype)
+            dav = dav_parts.sum(0).view_as(av).to(av.dtype)
+        return dq, dk, dv, drpb, dak, dav, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# entry points
+
+
+def na2d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+    *,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    additional_keys: torch.Tensor | None = None,
+    additional_values: torch.Tensor | None = None,
+    border: str = "shift",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """2-D neighborhood attention; see the module docstring for the window rule.
+
+    q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d).
+    Returns (B, heads, H, W, d). ``backend``: None (``VISIONATTN_KERNELS`` / the device), "auto", "triton"
+    or "reference". Under "auto", inputs the kernel does not take (e.g. float64) run the reference.
+    """
+    kh, kw, dh, dw = _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border)
+    path = _dispatch.choose("na2d", q, k, v, rpb, additional_keys, additional_values, backend=backend)
+    if path == "triton":
+        problem = _triton_problem(q, rpb)
+        if problem is not None:
+            mode = _dispatch.kernel_mode() if backend is None else backend
+            if mode == "triton":
+                raise ValueError(f"na2d: {problem}; or use backend='reference'")
+            path = "reference"
+    _dispatch.record("na2d", path)
+    if path == "reference":
+        return na2d_reference(
+            q, k, v, (kh, kw), (dh, dw), rpb=rpb, scale=scale,
+            additional_keys=additional_keys, additional_values=additional_values, border=border,
+        )  # fmt: skip
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return _NA2DFunction.apply(
+        q, k, v, rpb, additional_keys, additional_values, kh, kw, dh, dw, border == "shift", float(scale)
+    )
+
+
+class NeighborhoodAttention2DOp(nn.Module):
+    """Module form of :func:`na2d` with a fixed window, border rule and backend.
+
+    forward: q, k, v (B, heads, H, W, d), rpb (heads, 2kh-1, 2kw-1), additional_keys/values (B, heads, M, d)
+    -> (B, heads, H, W, d).
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        dilation: int | tuple[int, int] = 1,
+        border: str = "shift",
+        backend: str | None = None,
+        *,
+        scale: float | None = None,
+    ):
+        super().__init__()
+        _pair(kernel_size, "kernel_size")
+        _pair(dilation, "dilation")
+        if border not in _BORDERS:
+            raise ValueError(f"border={border!r} is not one of {_BORDERS}")
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.border = border
+        self.backend = backend
+        self.scale = scale
+
+    def forward(self, q, k, v, rpb=None, additional_keys=None, additional_values=None):
+        return na2d(
+            q, k, v, self.kernel_size, self.dilation, rpb=rpb, scale=self.scale,
+            additional_keys=additional_keys, additional_values=additional_values,
+            border=self.border, backend=self.backend,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, dilation={self.dilation}, border={self.border!r}"
