@@ -125,9 +125,12 @@ def _circumradius(cls_idx: int, size: float) -> float:
 
 
 def _shape_vertices(cls_idx: int, cx: float, cy: float, size: float, theta: float) -> np.ndarray:
-    """(V, 2) x, y vertices of the square (1) or triangle (2) of area ``size ** 2``, by increasing angle."""
+    """(V, 2) x, y vertices of the square (1) or triangle (2) of area ``size ** 2``, by increasing angle.
+
+    At ``theta = 0`` the square's sides are axis-aligned and the triangle's apex points along +x.
+    """
     count = {1: 4, 2: 3}[cls_idx]
-    angles = theta + np.arange(count) * 2 * np.pi / count
+    angles = theta + (np.pi / 4 if cls_idx == 1 else 0.0) + np.arange(count) * 2 * np.pi / count
     radius = _circumradius(cls_idx, size)
     return np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
 
@@ -206,43 +209,39 @@ def render_sample(spec: ShapesSpec, rng: np.random.Generator) -> ShapesSample:
 
     instances = np.zeros(hw, np.uint8)
     labels: list[int] = []
-    boxes: list[tuple[float, float, float, float]] = []
-    target = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-    attempts = 0
-    while len(labels) < target and attempts < 50 * max(target, 1):
-        attempts += 1
+    for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
+        # Class and size are drawn once and only the position is retried, so crowding never biases
+        # the class or size distribution; a shape that finds no room is left out.
         cls_idx = int(rng.integers(len(CLASSES)))
         s = float(rng.uniform(spec.min_size, spec.max_size))
-        r = _extent(cls_idx, s)
-        cx, cy = rng.uniform(r, size - r, 2)
         theta = float(rng.uniform(0, 2 * np.pi))
-        box = (cx - r, cy - r, cx + r, cy + r)
-        if not spec.hard:
-            # Easy set: shapes never touch (2 px gap between the circumscribing boxes).
-            if any(box[0] < b[2] + 2 and b[0] < box[2] + 2 and box[1] < b[3] + 2 and b[1] < box[3] + 2 for b in boxes):
-                continue
-        mask = _shape_mask(cls_idx, cx, cy, s, theta, hw)
-        new_instances = np.where(mask, len(labels) + 1, instances).astype(np.uint8)
-        if spec.hard:
-            # Hard set: shapes may occlude earlier ones, but each keeps at least half of its own pixels.
-            before = np.bincount(instances.ravel(), minlength=len(labels) + 1)[1:]
-            after = np.bincount(new_instances.ravel(), minlength=len(labels) + 2)[1 : len(labels) + 1]
-            if np.any(after < 0.5 * before):
-                continue
-        if not mask.any():
+        r = _extent(cls_idx, s)
+        for _attempt in range(50):
+            cx, cy = rng.uniform(r, size - r, 2)
+            box = (cx - r, cy - r, cx + r, cy + r)
+            if not spec.hard and (_shape_mask(cls_idx, cx, cy, s + 6, theta, hw) & (instances > 0)).any():
+                continue  # easy set: shapes never touch (a 6 px larger copy must land on background only)
+            mask = _shape_mask(cls_idx, cx, cy, s, theta, hw)
+            new_instances = np.where(mask, len(labels) + 1, instances).astype(np.uint8)
+            if spec.hard:
+                # Hard set: shapes may occlude earlier ones, but each keeps at least half of its own pixels.
+                before = np.bincount(instances.ravel(), minlength=len(labels) + 1)[1:]
+                after = np.bincount(new_instances.ravel(), minlength=len(labels) + 2)[1 : len(labels) + 1]
+                if np.any(after < 0.5 * before):
+                    continue
+            break
+        else:
             continue
         color = _contrasting_color(rng, background, 60.0)
         if spec.hard:
             x0, y0 = int(box[0]), int(box[1])
-            window = int(math.ceil(2 * r)) + 2
-            patch = _texture(rng, window, color)
+            patch = _texture(rng, int(math.ceil(2 * r)) + 2, color)
             ys, xs = np.nonzero(mask)
             image[ys, xs] = patch[ys - y0, xs - x0]
         else:
             image[mask] = color
         instances = new_instances
         labels.append(cls_idx)
-        boxes.append(box)
 
     if spec.hard:
         image += rng.normal(0.0, 10.0, image.shape)
