@@ -1,0 +1,145 @@
+"""Benchmark models (images/s, latency, peak memory) or attention ops at the real models' shapes.
+
+Model mode (default):
+    python tools/benchmark.py biformer_small --size 224 --batch 1 32 --device cuda --dtype bfloat16
+    python tools/benchmark.py biformer_tiny --compare VISIONATTN_KERNELS=reference --md out.md --csv out.csv
+    python tools/benchmark.py resnet50 --train --size 160 --compare convnext_tiny --plot out.png
+Kernel mode:
+    python tools/benchmark.py kernels --quick                       # CPU, ~1 minute
+    python tools/benchmark.py kernels --op bra --device cuda --csv bra.csv
+
+A model is a spec: ``NAME[,ENV_VAR=value][,kwarg=value]`` (see visionattn.benchmark.parse_spec); a
+``--compare`` spec without a name reuses the first model. Ratios are first / compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from visionattn import benchmark as vb
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, _, w = text.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be H or HxW, e.g. 224 or 512x1024") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (model default float32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (median reported)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first")
+    p.add_argument("--csv", type=Path, default=None, help="write the table as CSV here")
+    p.add_argument("--md", type=Path, default=None, help="write the table as markdown here")
+    p.add_argument("--plot", type=Path, default=None, help="bar chart (PNG) here; needs matplotlib")
+
+
+def _parser_model() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py [model]", description="Benchmark a model (or compare two).")
+    p.add_argument("model", help="model spec: NAME[,ENV_VAR=value][,kwarg=value]")
+    p.add_argument("--size", type=_size, nargs="+", default=[(224, 224)], help="input sizes, H or HxW")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--train", action="store_true", help="time forward+backward (training mode) instead of inference")
+    p.add_argument("--compare", default=None, help="second spec run in the same process; prints the ratio")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    _common(p)
+    return p
+
+
+def _parser_kernels() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py kernels", description="Benchmark attention ops vs baselines.")
+    p.add_argument("--op", nargs="+", default=["bra", "na2d", "halo"], choices=["bra", "na2d", "halo"])
+    p.add_argument("--quick", action="store_true", help="small preset: the 224-scale shapes, 3 iterations")
+    p.add_argument("--cases", nargs="+", default=None, help="keep cases whose name contains one of these")
+    p.add_argument("--impls", nargs="+", default=list(vb.IMPLS), choices=list(vb.IMPLS))
+    p.add_argument("--batch", type=int, default=None, help="batch for every case (default: CUDA per case, CPU 1)")
+    p.add_argument("--no-backward", action="store_true", help="forward only")
+    p.add_argument("--peak-tflops", type=float, default=vb.H100_TFLOPS / 1e12, help="ceiling for roofline %%")
+    p.add_argument("--peak-tbps", type=float, default=vb.H100_TBPS / 1e12, help="ceiling for roofline %%")
+    _common(p)
+    return p
+
+
+def _write(args: argparse.Namespace, rows: list, md_cols, extra=()) -> str:
+    md = vb.to_markdown(rows, md_cols, extra)
+    if args.md:
+        args.md.write_text(vb.to_markdown(rows, None, extra))
+    if args.csv:
+        args.csv.write_text(vb.to_csv(rows, extra))
+    if args.plot:
+        vb.plot(rows, str(args.plot))
+    return md
+
+
+def run_models(argv: list[str]) -> str:
+    args = _parser_model().parse_args(argv)
+    first = vb.parse_spec(args.model)
+    specs = [first] + ([vb.parse_spec(args.compare, default_model=first.model)] if args.compare else [])
+    rows, extra = [], []
+    for size in args.size:
+        for batch in args.batch:
+            pair = [
+                vb.bench_model(
+                    spec,
+                    size=size,
+                    batch=batch,
+                    dtype=args.dtype or "float32",
+                    device=args.device,
+                    threads=args.threads,
+                    channels_last=args.channels_last,
+                    compile=args.compile,
+                    train=args.train,
+                    warmup=args.warmup,
+                    iters=args.iters,
+                    memory=not args.no_memory,
+                )
+                for spec in specs
+            ]
+            rows += pair
+            if len(pair) == 2:
+                ratio = vb.compare_ratio(*pair)
+                extra.append(
+                    {"label": "ratio (first / compare)", "batch": batch, "height": size[0], "width": size[1], **ratio}
+                )
+    return _write(args, rows, vb.MODEL_MD_COLUMNS, extra)
+
+
+def run_kernels(argv: list[str]) -> str:
+    args = _parser_kernels().parse_args(argv)
+    rows = vb.bench_kernels(
+        args.op,
+        quick=args.quick,
+        device=args.device,
+        dtype=args.dtype,
+        batch=args.batch,
+        threads=args.threads,
+        iters=args.iters,
+        warmup=args.warmup,
+        impls=args.impls,
+        cases=args.cases,
+        backward=not args.no_backward,
+        peak_tflops=args.peak_tflops * 1e12,
+        peak_tbps=args.peak_tbps * 1e12,
+        progress=lambda r: print(f"  {r.case:22s} {r.impl:16s} {r.status}", file=sys.stderr, flush=True),
+    )
+    return _write(args, rows, vb.KERNEL_MD_COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "kernels":
+        print(run_kernels(argv[1:]))
+    else:
+        print(run_models(argv[1:] if argv and argv[0] == "model" else argv))
+
+
+if __name__ == "__main__":
+    main()
