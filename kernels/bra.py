@@ -16,17 +16,19 @@ import torch.nn as nn
 
 from . import _dispatch
 
-__all__ = ["bra", "bra_reference", "BiLevelRoutingAttentionOp"]
+__all__ = ["bra", "bra_reference", "gather_regions", "BiLevelRoutingAttentionOp"]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor, mask: torch.Tensor | None):
     if q.dim() != 5:
         raise ValueError(f"q must be (B, heads, regions, region_tokens, head_dim), got shape {tuple(q.shape)}")
-    if k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
+    if k.shape != q.shape or v.dim() != 5 or v.shape[:-1] != q.shape[:-1]:
         raise ValueError(
             f"k must match q {tuple(q.shape)} and v must match it but for head_dim; "
             f"got k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     b, _, nr, r, _ = q.shape
     if routing.dim() != 3 or routing.shape[0] != b or routing.shape[1] != nr:
         raise ValueError(f"routing must be (B={b}, regions={nr}, topk), got shape {tuple(routing.shape)}")
@@ -70,10 +72,13 @@ def bra_reference(
     key_padding_mask: (B, regions, R) bool, True = real token. Returns (B, heads, regions, R, dv).
     A query whose routed keys are all padding gets a zero output.
 
-    Memory: the gathered K and V are ``topk`` times the size of K and V, and the logits are
-    ``(B, heads, regions, R, topk * R)``. For BiFormer's first stage at 600x500 input (150x125 tokens,
-    7x7 regions of 22x18 tokens padded from the image, 64 channels, 2 heads, topk 1) that is about
-    13 MB for the K/V copies and 33 MB of logits per image in fp32 (see tests/test_kernel_bra.py).
+    Memory (measured by tests/test_kernel_bra.py): the peak is about ``2 * L + (2 * topk + 2) * Q`` bytes,
+    with L the size of the logits ``(B, heads, regions, R, topk * R)`` (alive together with the
+    probabilities while the softmax runs) and Q the size of q (the scaled q, the output and the
+    ``topk`` gathered copies of K and of V). For BiFormer's first stage at 600x500 input (150x125
+    tokens padded to 154x126, 7x7 regions of 22x18 = 396 tokens, 64 channels as 2 heads of 32, topk 1)
+    L = 61.5 MB and Q = 5.0 MB: a peak of 143 MB per image in fp32 while autograd records (133 MB
+    without), with or without a key padding mask; q, k and v themselves are 15 MB.
     """
     _check(q, k, v, routing, key_padding_mask)
     if scale is None:
@@ -82,15 +87,19 @@ def bra_reference(
     kg = gather_regions(k, routing)
     vg = gather_regions(v, routing)
     logits = torch.matmul(q * scale, kg.transpose(-1, -2))
-    if key_padding_mask is None:
-        attn = logits.softmax(dim=-1)
-    else:
+    keep = None
+    if key_padding_mask is not None:
         b, nr, r = key_padding_mask.shape
         keep = gather_regions(key_padding_mask.view(b, 1, nr, r, 1), routing).view(b, 1, nr, 1, -1)
-        # finfo.min instead of -inf keeps rows with no real key finite (they are zeroed below).
-        attn = logits.masked_fill(~keep, torch.finfo(logits.dtype).min).softmax(dim=-1)
-        attn = attn * keep.any(dim=-1, keepdim=True).to(attn.dtype)
-    return torch.matmul(attn, vg)
+        # In place (the matmul backward does not need its output); finfo.min instead of -inf keeps rows
+        # with no real key finite, and they are zeroed below.
+        logits.masked_fill_(~keep, torch.finfo(logits.dtype).min)
+    attn = logits.softmax(dim=-1)
+    del logits
+    out = torch.matmul(attn, vg)
+    if keep is not None:
+        out = out * keep.any(dim=-1, keepdim=True).to(out.dtype)
+    return out
 
 
 def bra(
@@ -122,5 +131,13 @@ class BiLevelRoutingAttentionOp(nn.Module):
         self.scale = scale
         self.backend = backend
 
-    def forward(self, q, k, v, routing, key_padding_mask=None):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        routing: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q, k: (B, heads, regions, R, d); v: (B, heads, regions, R, dv) -> (B, heads, regions, R, dv)."""
         return bra(q, k, v, routing, scale=self.scale, key_padding_mask=key_padding_mask, backend=self.backend)
