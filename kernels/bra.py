@@ -7,9 +7,15 @@ tokens of key regions ``routing[b, r, :]``, with one softmax over all ``topk * r
 The reference gathers the routed K/V regions through flat indices (``index_select`` on a
 ``(B * regions, ...)`` view): one ``topk``-times copy of K and V, never the official
 ``expand``-then-``gather`` of a ``(B, regions, regions, ...)`` view that ONNX materialises.
+
+The Triton path is block-sparse flash attention whose block layout is the routing index: one program
+per (query block, batch * head) walks its routed key regions straight from K and V (nothing gathered,
+O(N * d) memory), with an online softmax; it saves the log-sum-exp for the backward.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -17,6 +23,11 @@ import torch.nn as nn
 from . import _dispatch
 
 __all__ = ["bra", "bra_reference", "gather_regions", "BiLevelRoutingAttentionOp"]
+
+_LOG2E = 1.4426950408889634
+# Tiles are held in registers/shared memory; larger head dims would need a split over d.
+_MAX_HEAD_DIM = 256
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor, mask: torch.Tensor | None):
@@ -78,7 +89,8 @@ def bra_reference(
     ``topk`` gathered copies of K and of V). For BiFormer's first stage at 600x500 input (150x125
     tokens padded to 154x126, 7x7 regions of 22x18 = 396 tokens, 64 channels as 2 heads of 32, topk 1)
     L = 61.5 MB and Q = 5.0 MB: a peak of 143 MB per image in fp32 while autograd records (133 MB
-    without), with or without a key padding mask; q, k and v themselves are 15 MB.
+    without), with or without a key padding mask; q, k and v themselves are 15 MB. The Triton path
+    keeps O(N * d): the output and an fp32 log-sum-exp per query.
     """
     _check(q, k, v, routing, key_padding_mask)
     if scale is None:
@@ -102,6 +114,221 @@ def bra_reference(
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------
+
+if _dispatch.HAS_TRITON:
+    triton = _dispatch.triton
+    tl = _dispatch.tl
+
+    def _np2(x: int) -> int:
+        return 1 << max(0, int(x) - 1).bit_length()
+
+    # Query-major tiling (forward, dQ): BM query rows of one region per program; each inner step reads
+    # BN key columns: G whole routed regions when R <= BN (small regions are grouped so tl.dot gets
+    # >= 16 columns), else one BN-token chunk of one routed region (KB chunks per region).
+    def _q_tiles(args):
+        r, topk = args["R"], args["TOPK"]
+        bm = min(args["BM_CAP"], max(16, _np2(r)))
+        if r >= args["BN_CAP"]:
+            g, bn = 1, args["BN_CAP"]
+        else:
+            g = max(1, min(args["BN_CAP"] // r, topk))
+            bn = max(16, _np2(g * r))
+        return {"BM": bm, "BN": bn, "G": g, "MB": -(-r // bm), "KB": -(-r // bn), "NT": -(-topk // g)}
+
+    # Key-major tiling (dK/dV): BN key rows of one region per program; each inner step reads BM query
+    # columns, GQ whole query regions from the transposed routing when R <= BM, else a chunk.
+    def _kv_tiles(args):
+        r = args["R"]
+        bn = min(args["BN_CAP"], max(16, _np2(r)))
+        if r >= args["BM_CAP"]:
+            gq, bm = 1, args["BM_CAP"]
+        else:
+            gq = max(1, args["BM_CAP"] // r)
+            bm = max(16, _np2(gq * r))
+        return {"BN": bn, "BM": bm, "GQ": gq, "NB": -(-r // bn), "KBQ": -(-r // bm)}
+
+    def _heur(fn, keys):
+        return {key: (lambda args, key=key: fn(args)[key]) for key in keys}
+
+    if _dispatch.interpreting():
+        # The interpreter cannot benchmark (no device), so it gets one config; big tiles because its cost
+        # is per inner-loop step, not per element.
+        _FWD_CONFIGS = [triton.Config({"BM_CAP": 128, "BN_CAP": 128}, num_warps=4, num_stages=1)]
+        _DKV_CONFIGS = [triton.Config({"BM_CAP": 128, "BN_CAP": 128}, num_warps=4, num_stages=1)]
+    else:
+        _FWD_CONFIGS = [
+            triton.Config({"BM_CAP": bm, "BN_CAP": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (32, 32, 4, 2)]
+        ]
+        _DKV_CONFIGS = [
+            triton.Config({"BM_CAP": bm, "BN_CAP": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 32, 4, 2)]
+        ]
+    _TUNE_KEY = ["R", "TOPK", "D", "DV", "HAS_MASK"]
+
+    @triton.jit
+    def _load_q_block(ptr, base, rows, row_ok, D: tl.constexpr, BD: tl.constexpr, UPCAST: tl.constexpr):
+        offs_d = tl.arange(0, BD)
+        x = tl.load(
+            ptr + base + rows.to(tl.int64)[:, None] * D + offs_d[None, :],
+            mask=row_ok[:, None] & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        if UPCAST:
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _routed_columns(IDX, KPM, idx_base, b, NR, it, R: tl.constexpr, TOPK: tl.constexpr,
+                        BN: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, HAS_MASK: tl.constexpr):
+        # Column j of step `it` is token tok of routed slot t0 + j // R (whole regions when G > 1, a
+        # BN-token chunk of one region when KB > 1).
+        t0 = (it // KB) * G
+        n0 = (it % KB) * BN
+        offs_n = tl.arange(0, BN)
+        grp = offs_n // R
+        tok = n0 + offs_n % R
+        col_ok = (grp < G) & (t0 + grp < TOPK) & (tok < R)
+        reg = tl.load(IDX + idx_base + t0 + grp, mask=col_ok, other=0)
+        rows = reg.to(tl.int64) * R + tok
+        key_ok = col_ok
+        if HAS_MASK:
+            real = tl.load(KPM + (b * NR + reg).to(tl.int64) * R + tok, mask=col_ok, other=0)
+            key_ok = col_ok & (real != 0)
+        return rows, col_ok, key_ok
+
+    @triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+    @triton.heuristics(_heur(_q_tiles, ["BM", "BN", "G", "MB", "KB", "NT"]))
+    @triton.jit
+    def _bra_fwd_kernel(
+        Q, K, V, IDX, KPM, OUT, LSE, qk_scale, NR, H,
+        R: tl.constexpr, TOPK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+        BD: tl.constexpr, BDV: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
+        PREC: tl.constexpr, BM_CAP: tl.constexpr, BN_CAP: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MB: tl.constexpr, KB: tl.constexpr,
+        NT: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        r_q = pid // MB
+        offs_m = (pid % MB) * BM + tl.arange(0, BM)
+        row_ok = offs_m < R
+        q_rows = r_q * R + offs_m
+        seq = bh * NR * R  # first token of this (batch, head) in the region-major layout
+        q = _load_q_block(Q, seq * D, q_rows, row_ok, D, BD, UPCAST)
+        offs_dv = tl.arange(0, BDV)
+
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, BDV], tl.float32)
+        idx_base = (b * NR + r_q) * TOPK
+        for it in range(0, NT * KB):
+            rows, col_ok, key_ok = _routed_columns(IDX, KPM, idx_base, b, NR, it, R, TOPK, BN, G, KB, HAS_MASK)
+            k = _load_q_block(K, seq * D, rows, col_ok, D, BD, UPCAST)
+            v = _load_q_block(V, seq * DV, rows, col_ok, DV, BDV, UPCAST)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # A row with no real key so far keeps m = -inf; shifting by 0 then avoids inf - inf.
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_use)
+            p = tl.math.exp2(s - m_use[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            m_i = m_new
+
+        has_key = l_i > 0.0
+        out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+        q_rows64 = q_rows.to(tl.int64)
+        tl.store(
+            OUT + seq * DV + q_rows64[:, None] * DV + offs_dv[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=row_ok[:, None] & (offs_dv[None, :] < DV),
+        )
+        # +inf for a query with no real key makes every recomputed probability exp2(s - inf) = 0.
+        lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
+        tl.store(LSE + seq + q_rows64, lse, mask=row_ok)
+
+
+
+def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor,
+                        mask: torch.Tensor | None) -> tuple[type[Exception], str] | None:
+    """Why the Triton kernels cannot take these inputs (exception type, message), or None."""
+    if q.dtype not in _TRITON_DTYPES:
+        return TypeError, (
+            f"the Triton BRA kernel takes float16, bfloat16 or float32 q/k/v, got {q.dtype}; "
+            f"cast the inputs or use backend='reference'"
+        )
+    d, dv = q.shape[-1], v.shape[-1]
+    if d > _MAX_HEAD_DIM or dv > _MAX_HEAD_DIM:
+        return ValueError, (
+            f"the Triton BRA kernel takes head_dim <= {_MAX_HEAD_DIM}, got q/k head_dim {d} and v head_dim {dv}; "
+            f"use backend='reference' or split the heads"
+        )
+    for name, t in (("k", k), ("v", v), ("routing", routing), ("key_padding_mask", mask)):
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; put all BRA inputs on one device")
+    return None
+
+
+def _launch_args(q: torch.Tensor, v: torch.Tensor):
+    b, h, nr, r, d = q.shape
+    dv = v.shape[-1]
+    upcast = q.dtype == torch.bfloat16 and _dispatch.interpreting()
+    # fp32 stays IEEE fp32 on GPU (tf32 would break parity with the reference); bf16 is upcast only in
+    # the interpreter, which multiplies bf16 bit patterns instead of values.
+    prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
+    meta = dict(R=r, D=d, DV=dv, BD=max(16, _np2(d)), BDV=max(16, _np2(dv)), UPCAST=upcast, PREC=prec)
+    return b, h, nr, r, d, dv, meta
+
+
+def _bra_triton_forward(q, k, v, routing32, kpm, scale):
+    b, h, nr, r, d, dv, meta = _launch_args(q, v)
+    topk = routing32.shape[-1]
+    o = torch.empty((b, h, nr, r, dv), device=q.device, dtype=q.dtype)
+    lse = torch.empty((b, h, nr, r), device=q.device, dtype=torch.float32)
+    has_mask = kpm is not None
+
+    def grid(meta_):
+        return (nr * meta_["MB"], b * h)
+
+    _bra_fwd_kernel[grid](
+        q, k, v, routing32, kpm if has_mask else routing32, o, lse, scale * _LOG2E, nr, h,
+        TOPK=topk, HAS_MASK=has_mask, **meta,
+    )
+    return o, lse
+
+
+class _BRATriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, routing32, kpm, scale):
+        o, lse = _bra_triton_forward(q, k, v, routing32, kpm, scale)
+        ctx.save_for_backward(q, k, v, o, lse, routing32, kpm)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    @staticmethod
+    def backward(ctx, do):
+        raise NotImplementedError("the Triton BRA backward is not available yet; train with backend='reference'")
+
+
+
+def _bra_triton(q, k, v, routing, scale, key_padding_mask):
+    nr = q.shape[2]
+    # One host sync, but an out-of-range region id would read outside K/V silently.
+    lo, hi = int(routing.min()), int(routing.max())
+    if lo < 0 or hi >= nr:
+        raise ValueError(f"routing holds region ids in [{lo}, {hi}]; they must lie in [0, {nr - 1}] (regions={nr})")
+    routing32 = routing.to(torch.int32).contiguous()
+    kpm = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    return _BRATriton.apply(q.contiguous(), k.contiguous(), v.contiguous(), routing32, kpm, float(scale))
+
+
 def bra(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -115,11 +342,26 @@ def bra(
     """Bi-level routing attention; see :func:`bra_reference` for shapes.
 
     ``backend``: None (use ``VISIONATTN_KERNELS`` / the device), "auto", "triton" or "reference".
+    The Triton path takes float16/bfloat16/float32 and head_dim <= 256; ``auto`` falls back to the
+    reference for anything else, an explicit "triton" raises. Routing indices get no gradient.
     """
+    _check(q, k, v, routing, key_padding_mask)
     path = _dispatch.choose("bra", q, k, v, backend=backend)
     if path == "triton":
-        raise NotImplementedError("the Triton BRA kernel is not available yet; use backend='reference'")
+        reason = _triton_unsupported(q, k, v, routing, key_padding_mask)
+        if reason is not None:
+            explicit = (backend or _dispatch.kernel_mode()) == "triton"
+            if explicit:
+                exc, msg = reason
+                raise exc(f"bra: {msg}")
+            path = "reference"
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale} must be a finite float")
     _dispatch.record("bra", path)
+    if path == "triton":
+        return _bra_triton(q, k, v, routing, scale, key_padding_mask)
     return bra_reference(q, k, v, routing, scale=scale, key_padding_mask=key_padding_mask)
 
 

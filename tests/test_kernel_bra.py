@@ -187,6 +187,44 @@ def test_reference_peak_memory_biformer_stage1_600x500():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Triton kernels (interpreter on CPU)
+# ---------------------------------------------------------------------------------------------------
+
+_TRITON_CASES = {
+    # name: (b, h, nr, r, d, dv, topk, mask, no_key)
+    "r16_topk1": (1, 1, 4, 16, 32, 32, 1, False, False),
+    "r6_topk_all_masked_region": (2, 2, 6, 6, 12, 10, 6, True, False),
+    "r9_no_key_query": (2, 1, 4, 9, 20, 20, 2, True, True),
+    "r4_grouped_topk_all": (1, 2, 16, 4, 8, 8, 16, False, False),
+    "r5_d3_masked": (1, 2, 5, 5, 3, 6, 3, True, True),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(_TRITON_CASES))
+def test_triton_forward_fp32(name):
+    b, h, nr, r, d, dv, topk, mask, no_key = _TRITON_CASES[name]
+    q, k, v, routing, kpm = _case(b, h, nr, r, d, dv, topk, mask=mask, no_key=no_key, seed=len(name))
+    scale = 0.29
+    out = bra(q, k, v, routing, scale=scale, key_padding_mask=kpm, backend="triton")
+    assert last_path("bra") == "triton"
+    ref = bra_reference(q, k, v, routing, scale=scale, key_padding_mask=kpm)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if no_key:
+        assert (out[0, :, -1] == 0).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_triton_half_precision_forward(dtype, atol):
+    q, k, v, routing, kpm = _case(2, 2, 6, 6, 12, 12, 3, mask=True, no_key=True, dtype=dtype, seed=11)
+    out = bra(q, k, v, routing, key_padding_mask=kpm, backend="triton")
+    assert out.dtype == dtype
+    ref = bra_reference(q.float(), k.float(), v.float(), routing, key_padding_mask=kpm)
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Dispatch and errors
 # ---------------------------------------------------------------------------------------------------
 
@@ -212,6 +250,25 @@ def test_dispatch_env_and_backend(monkeypatch):
     torch.testing.assert_close(module(q, k, v, routing), bra_reference(q, k, v, routing, scale=0.5))
 
 
+@needs_triton
+def test_dispatch_env_triton(monkeypatch):
+    q, k, v, routing, _ = _case(1, 1, 2, 4, 4, 4, 1)
+    monkeypatch.setenv("VISIONATTN_KERNELS", "triton")
+    torch.testing.assert_close(bra(q, k, v, routing), bra_reference(q, k, v, routing), atol=1e-5, rtol=1e-5)
+    assert last_path("bra") == "triton"
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    q, k, v, routing, _ = _case(1, 1, 2, 4, 4, 4, 1)
+    monkeypatch.setattr(_dispatch, "interpreting", lambda: False)
+    if _dispatch.HAS_TRITON:
+        with pytest.raises(ValueError, match="CUDA"):
+            bra(q, k, v, routing, backend="triton")
+    else:
+        with pytest.raises(ImportError, match="triton"):
+            bra(q, k, v, routing, backend="triton")
+
+
 @pytest.mark.parametrize(
     "change, exc, match",
     [
@@ -227,9 +284,34 @@ def test_dispatch_env_and_backend(monkeypatch):
         (lambda a: {**a, "key_padding_mask": torch.ones(1, 3, 5, dtype=torch.bool)}, ValueError, "key_padding_mask"),
     ],
 )
-@pytest.mark.parametrize("backend", ["reference"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_bad_inputs_raise(change, exc, match, backend):
     q, k, v, routing, _ = _case(1, 1, 3, 4, 4, 4, 2)
     args = change(dict(q=q, k=k, v=v, routing=routing, key_padding_mask=None))
     with pytest.raises(exc, match=match):
         bra(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("routing"), **args, backend=backend)
+
+
+def test_auto_falls_back_to_reference_for_unsupported_dtype(monkeypatch):
+    """Where auto would pick Triton (CUDA inputs), inputs the kernel cannot take go to the reference."""
+    q, k, v, routing, _ = _case(1, 1, 3, 4, 4, 4, 2, dtype=torch.float64)
+    monkeypatch.setattr(_dispatch, "choose", lambda op, *tensors, backend=None: "triton")
+    monkeypatch.setenv("VISIONATTN_KERNELS", "auto")
+    torch.testing.assert_close(bra(q, k, v, routing), bra_reference(q, k, v, routing))
+    assert last_path("bra") == "reference"
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        bra(q, k, v, routing, backend="triton")
+
+
+@needs_triton
+def test_triton_constraint_errors():
+    q, k, v, routing, _ = _case(1, 1, 3, 4, 4, 4, 2)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        bra(q.double(), k.double(), v.double(), routing, backend="triton")
+    big = torch.randn(1, 1, 3, 4, 300)
+    with pytest.raises(ValueError, match="head_dim <= 256"):
+        bra(big, big, big, routing, backend="triton")
+    with pytest.raises(ValueError, match=r"region ids in \[0, 3\]"):
+        bra(q, k, v, torch.tensor([[[0, 3], [1, 2], [0, 1]]]), backend="triton")
+    with pytest.raises(ValueError, match="scale"):
+        bra(q, k, v, routing, scale=float("inf"), backend="triton")
