@@ -2,11 +2,13 @@
 
 Each op has a functional entry, an ``nn.Module`` wrapper and a reference implementation; the path
 is chosen by ``backend=``, ``VISIONATTN_KERNELS=auto|triton|reference`` or the device of the inputs,
-and ``last_path(op)`` tells which ran.
+and ``last_path(op)`` tells which ran ("bra", "na2d", "halo_attn").
 """
 
 from ._dispatch import HAS_TRITON, kernel_mode, last_path
 from .bra import BiLevelRoutingAttentionOp, bra, bra_reference
+from .halo import HaloAttentionOp, halo_attn, halo_attn_reference
+from .neighborhood import NeighborhoodAttention2DOp, na2d, na2d_reference
 
 __all__ = [
     "HAS_TRITON",
@@ -15,4 +17,10 @@ __all__ = [
     "bra",
     "bra_reference",
     "BiLevelRoutingAttentionOp",
+    "na2d",
+    "na2d_reference",
+    "NeighborhoodAttention2DOp",
+    "halo_attn",
+    "halo_attn_reference",
+    "HaloAttentionOp",
 ]
