@@ -10,7 +10,9 @@ The reference gathers the routed K/V regions through flat indices (``index_selec
 
 The Triton path is block-sparse flash attention whose block layout is the routing index: one program
 per (query block, batch * head) walks its routed key regions straight from K and V (nothing gathered,
-O(N * d) memory), with an online softmax; it saves the log-sum-exp for the backward.
+O(N * d) memory), with an online softmax; it saves the log-sum-exp for the backward. The backward
+computes dQ per query block and dK/dV per key block from the transposed routing (for every key
+region, the query regions that routed to it), so it needs no atomics and is deterministic.
 """
 
 from __future__ import annotations
@@ -253,6 +255,123 @@ if _dispatch.HAS_TRITON:
         lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
         tl.store(LSE + seq + q_rows64, lse, mask=row_ok)
 
+    @triton.jit
+    def _bra_bwd_delta_kernel(OUT, DO, DELTA, n_rows, DV: tl.constexpr, BDV: tl.constexpr, BLOCK: tl.constexpr):
+        rows = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+        offs_d = tl.arange(0, BDV)
+        ok = (rows < n_rows)[:, None] & (offs_d[None, :] < DV)
+        o = tl.load(OUT + rows[:, None] * DV + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+        do = tl.load(DO + rows[:, None] * DV + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+
+    @triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+    @triton.heuristics(_heur(_q_tiles, ["BM", "BN", "G", "MB", "KB", "NT"]))
+    @triton.jit
+    def _bra_bwd_dq_kernel(
+        Q, K, V, IDX, KPM, DO, LSE, DELTA, DQ, qk_scale, scale, NR, H,
+        R: tl.constexpr, TOPK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+        BD: tl.constexpr, BDV: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
+        PREC: tl.constexpr, BM_CAP: tl.constexpr, BN_CAP: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MB: tl.constexpr, KB: tl.constexpr,
+        NT: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        r_q = pid // MB
+        offs_m = (pid % MB) * BM + tl.arange(0, BM)
+        row_ok = offs_m < R
+        q_rows = r_q * R + offs_m
+        q_rows64 = q_rows.to(tl.int64)
+        seq = bh * NR * R
+        q = _load_q_block(Q, seq * D, q_rows, row_ok, D, BD, UPCAST)
+        do = _load_q_block(DO, seq * DV, q_rows, row_ok, DV, BDV, UPCAST)
+        lse = tl.load(LSE + seq + q_rows64, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + seq + q_rows64, mask=row_ok, other=0.0)
+
+        dq = tl.zeros([BM, BD], tl.float32)
+        idx_base = (b * NR + r_q) * TOPK
+        for it in range(0, NT * KB):
+            rows, col_ok, key_ok = _routed_columns(IDX, KPM, idx_base, b, NR, it, R, TOPK, BN, G, KB, HAS_MASK)
+            k = _load_q_block(K, seq * D, rows, col_ok, D, BD, UPCAST)
+            v = _load_q_block(V, seq * DV, rows, col_ok, DV, BDV, UPCAST)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+            p = tl.math.exp2(tl.where(key_ok[None, :], s, float("-inf")) - lse[:, None])
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+
+        offs_d = tl.arange(0, BD)
+        tl.store(
+            DQ + seq * D + q_rows64[:, None] * D + offs_d[None, :],
+            (dq * scale).to(DQ.dtype.element_ty),
+            mask=row_ok[:, None] & (offs_d[None, :] < D),
+        )
+
+    @triton.autotune(configs=_DKV_CONFIGS, key=_TUNE_KEY)
+    @triton.heuristics(_heur(_kv_tiles, ["BN", "BM", "GQ", "NB", "KBQ"]))
+    @triton.jit
+    def _bra_bwd_dkdv_kernel(
+        Q, K, V, KPM, DO, LSE, DELTA, DK, DV_OUT, QOFF, QREG, qk_scale, scale, NR, H,
+        R: tl.constexpr, TOPK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+        BD: tl.constexpr, BDV: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
+        PREC: tl.constexpr, BM_CAP: tl.constexpr, BN_CAP: tl.constexpr,
+        BN: tl.constexpr, BM: tl.constexpr, GQ: tl.constexpr, NB: tl.constexpr, KBQ: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        r_k = pid // NB
+        offs_n = (pid % NB) * BN + tl.arange(0, BN)
+        row_ok = offs_n < R
+        k_rows64 = (r_k * R + offs_n).to(tl.int64)
+        seq = bh * NR * R
+        k = _load_q_block(K, seq * D, k_rows64, row_ok, D, BD, UPCAST)
+        v = _load_q_block(V, seq * DV, k_rows64, row_ok, DV, BDV, UPCAST)
+        key_ok = row_ok
+        if HAS_MASK:
+            real = tl.load(KPM + (b * NR + r_k) * R + offs_n, mask=row_ok, other=0)
+            key_ok = row_ok & (real != 0)
+
+        # Entries [start, end) of the transposed routing: the query regions (one entry per routed slot,
+        # so a region routed twice counts twice, as in the forward) that read this key region.
+        start = tl.load(QOFF + b * NR + r_k)
+        end = tl.load(QOFF + b * NR + r_k + 1)
+        n_steps = tl.cdiv(end - start, GQ) * KBQ
+        dk = tl.zeros([BN, BD], tl.float32)
+        dv = tl.zeros([BN, BDV], tl.float32)
+        offs_m = tl.arange(0, BM)
+        grp = offs_m // R
+        for it in range(0, n_steps):
+            e0 = start + (it // KBQ) * GQ
+            tok = (it % KBQ) * BM + offs_m % R
+            col_ok = (grp < GQ) & (e0 + grp < end) & (tok < R)
+            qreg = tl.load(QREG + e0 + grp, mask=col_ok, other=0)
+            q_rows = qreg.to(tl.int64) * R + tok
+            q = _load_q_block(Q, seq * D, q_rows, col_ok, D, BD, UPCAST)
+            do = _load_q_block(DO, seq * DV, q_rows, col_ok, DV, BDV, UPCAST)
+            lse = tl.load(LSE + seq + q_rows, mask=col_ok, other=float("inf"))
+            delta = tl.load(DELTA + seq + q_rows, mask=col_ok, other=0.0)
+            s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+            p_t = tl.math.exp2(s_t - lse[None, :])
+            p_t = tl.where(key_ok[:, None] & col_ok[None, :], p_t, 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+
+        offs_d = tl.arange(0, BD)
+        tl.store(
+            DK + seq * D + k_rows64[:, None] * D + offs_d[None, :],
+            (dk * scale).to(DK.dtype.element_ty),
+            mask=row_ok[:, None] & (offs_d[None, :] < D),
+        )
+        offs_dv = tl.arange(0, BDV)
+        tl.store(
+            DV_OUT + seq * DV + k_rows64[:, None] * DV + offs_dv[None, :],
+            dv.to(DV_OUT.dtype.element_ty),
+            mask=row_ok[:, None] & (offs_dv[None, :] < DV),
+        )
 
 
 def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor,
@@ -273,6 +392,21 @@ def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routi
         if t is not None and t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}; put all BRA inputs on one device")
     return None
+
+
+def _transpose_routing(routing: torch.Tensor, nr: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every (batch, key region) the query regions routed to it, as CSR.
+
+    routing: (B, regions, topk) -> offsets (B * regions + 1,) int32, query regions (B * regions * topk,) int32.
+    """
+    b, _, topk = routing.shape
+    keys = (routing.long() + torch.arange(b, device=routing.device).view(b, 1, 1) * nr).reshape(-1)
+    # A stable sort keeps the order (and hence the float summation order of dK/dV) reproducible.
+    sorted_keys, order = torch.sort(keys, stable=True)
+    qreg = ((order // topk) % nr).to(torch.int32)
+    bounds = torch.arange(b * nr + 1, device=routing.device, dtype=sorted_keys.dtype)
+    offsets = torch.searchsorted(sorted_keys, bounds).to(torch.int32)
+    return offsets, qreg
 
 
 def _launch_args(q: torch.Tensor, v: torch.Tensor):
@@ -303,6 +437,42 @@ def _bra_triton_forward(q, k, v, routing32, kpm, scale):
     return o, lse
 
 
+def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, need_dkv):
+    b, h, nr, r, d, dv, meta = _launch_args(q, v)
+    topk = routing32.shape[-1]
+    has_mask = kpm is not None
+    kpm_arg = kpm if has_mask else routing32
+    n_rows = b * h * nr * r
+    delta = torch.empty((b, h, nr, r), device=q.device, dtype=torch.float32)
+    block = 64 if _dispatch.interpreting() else 32
+    _bra_bwd_delta_kernel[(triton.cdiv(n_rows, block),)](o, do, delta, n_rows, DV=dv, BDV=meta["BDV"], BLOCK=block)
+
+    dq = dk = dvv = None
+    if need_dq:
+        dq = torch.empty_like(q)
+
+        def grid_q(meta_):
+            return (nr * meta_["MB"], b * h)
+
+        _bra_bwd_dq_kernel[grid_q](
+            q, k, v, routing32, kpm_arg, do, lse, delta, dq, scale * _LOG2E, scale, nr, h,
+            TOPK=topk, HAS_MASK=has_mask, **meta,
+        )
+    if need_dkv:
+        dk = torch.empty_like(k)
+        dvv = torch.empty_like(v)
+        qoff, qreg = _transpose_routing(routing32, nr)
+
+        def grid_kv(meta_):
+            return (nr * meta_["NB"], b * h)
+
+        _bra_bwd_dkdv_kernel[grid_kv](
+            q, k, v, kpm_arg, do, lse, delta, dk, dvv, qoff, qreg, scale * _LOG2E, scale, nr, h,
+            TOPK=topk, HAS_MASK=has_mask, **meta,
+        )
+    return dq, dk, dvv
+
+
 class _BRATriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, routing32, kpm, scale):
@@ -312,10 +482,15 @@ class _BRATriton(torch.autograd.Function):
         return o
 
     @staticmethod
-    @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        raise NotImplementedError("the Triton BRA backward is not available yet; train with backend='reference'")
-
+        q, k, v, o, lse, routing32, kpm = ctx.saved_tensors
+        need_dq = ctx.needs_input_grad[0]
+        need_dkv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        dq, dk, dv = _bra_triton_backward(
+            do.contiguous(), q, k, v, o, lse, routing32, kpm, ctx.scale, need_dq, need_dkv
+        )
+        return dq, dk, dv, None, None, None
 
 
 def _bra_triton(q, k, v, routing, scale, key_padding_mask):
