@@ -277,36 +277,63 @@ def _producers(graph: Any) -> dict[str, Any]:
     return {out: node for node in graph.node for out in node.output}
 
 
-def _shape_of(value_infos: dict[str, Any], name: str) -> tuple | None:
-    vi = value_infos.get(name)
-    if vi is None or not vi.type.HasField("tensor_type"):
-        return None
-    dims = vi.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+def _sample_input(model: Any) -> Any:
+    """A random array for the graph's first input; symbolic (batch) dims become 2."""
+    import numpy as np
+
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else 2 for d in dims]
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def find_expand_fed_gathers(model: Any) -> list[str]:
-    """Gather nodes whose data or index input is an ``Expand`` output, directly or through view-only ops.
+def _run_shapes(model: Any, names: list[str], sample: Any) -> dict[str, tuple]:
+    """Concrete shapes of the tensors ``names`` when ``model`` runs on ``sample`` in onnxruntime."""
+    onnx, ort = require_onnx()
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer if t.name in names}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    wanted = [n for n in dict.fromkeys(names) if n not in shapes]
+    for n in wanted:
+        if n not in known:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # Unoptimised, so that no intermediate tensor is fused away before it can be read.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = sess.run(wanted, {sess.get_inputs()[0].name: sample})
+    shapes.update({n: tuple(o.shape) for n, o in zip(wanted, outs)})
+    return shapes
 
-    ``model``: an ``onnx.ModelProto`` or a path. Every ``Gather``/``GatherElements``/``GatherND`` node of the
-    main graph and of every function is inspected; each of its inputs is followed upstream through
-    Reshape/Unsqueeze/Squeeze/Transpose/Identity/Cast/Flatten producers, and a hit on an ``Expand`` node is
-    reported as ``"<gather op> <gather name> <- Expand <expand name> <inferred shape>"`` (the shape is
-    that of the expanded tensor when shape inference knows it, e.g. ``('batch', 49, 49, 64, 64)``).
-    The official BiFormer KV gather produces two such hits (the expanded K/V view and the expanded index).
+
+def _grown_axes(src: tuple, dst: tuple) -> list[int]:
+    """Axes of ``dst`` that Expand enlarged from size 1 (numpy broadcasting aligns shapes on the right)."""
+    src = (1,) * (len(dst) - len(src)) + tuple(src)
+    return [i for i, (a, b) in enumerate(zip(src, dst)) if a == 1 and b > 1]
+
+
+def find_expand_fed_gathers(model: Any, sample: Any = None, *, allow_batch_broadcast: bool = True) -> list[str]:
+    """Gather nodes fed by an ``Expand`` that copies a tensor along a non-batch axis.
+
+    ``model``: an ``onnx.ModelProto`` or a path; ``sample``: an input array (default: random, symbolic dims 2).
+    What is checked, precisely: every ``Gather``/``GatherElements``/``GatherND`` node (main graph and
+    functions); each of its inputs is followed upstream through Reshape/Unsqueeze/Squeeze/Transpose/Identity/
+    Cast/Flatten producers; when that reaches an ``Expand`` node, the graph is run on ``sample`` to read the
+    Expand's input and output shapes, and the pair is reported unless the Expand only enlarged axis 0 (a
+    per-image tensor broadcast over the batch, e.g. a padding mask; with ``allow_batch_broadcast=False``
+    that is reported too). Expands inside functions have no concrete shapes and are always reported.
+    A report reads ``"<gather op> <name> <- Expand <name> <input shape> -> <output shape>"``. The official
+    BiFormer KV gather produces two: the K/V view ``(B, 1, n, R, C) -> (B, n, n, R, C)`` (n regions)
+    and its index ``(B, n, topk, 1, 1) -> (B, n, topk, R, C)``.
     """
     onnx, _ = require_onnx()
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is only used to print shapes
-        inferred = model
-    infos = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    hits = []
-    for graph_nodes in [model.graph, *model.functions]:
-        producers = _producers(graph_nodes)
-        for node in graph_nodes.node:
+    found = []
+    for graph in [model.graph, *model.functions]:
+        producers = _producers(graph)
+        for node in graph.node:
             if node.op_type not in GATHER_OPS:
                 continue
             for name in node.input:
@@ -316,6 +343,13 @@ def find_expand_fed_gathers(model: Any) -> list[str]:
                     seen.add(prod.name)
                     prod = producers.get(prod.input[0])
                 if prod is not None and prod.op_type == "Expand":
-                    shape = _shape_of(infos, prod.output[0])
-                    hits.append(f"{node.op_type} {node.name} <- Expand {prod.name} {shape}")
+                    found.append((node, prod, graph is model.graph))
+    in_main = [t for g, e, main in found if main for t in (e.input[0], e.output[0])]
+    shapes = _run_shapes(model, in_main, _sample_input(model) if sample is None else sample) if in_main else {}
+    hits = []
+    for g, e, main in found:
+        src, dst = shapes.get(e.input[0]), shapes.get(e.output[0])
+        if main and allow_batch_broadcast and set(_grown_axes(src, dst)) <= {0}:
+            continue
+        hits.append(f"{g.op_type} {g.name} <- Expand {e.name} {src} -> {dst}")
     return hits
