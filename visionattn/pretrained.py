@@ -20,6 +20,7 @@ With ``pretrained=True`` the weights are fetched here, not by timm:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -161,16 +162,29 @@ def _hash_from_name(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _verify(path: str, expected: str | None, source: str) -> None:
+def _mismatch(source: str, actual: str, expected: str, from_name: bool) -> ChecksumMismatchError:
+    if from_name:
+        why = (
+            " (a prefix taken from the file name, timm's name-<sha256 prefix>.ext convention); if that part of the "
+            "name is not a hash, rename the file or pass its real sha256 (pretrained_cfg_overlay=dict(file=..., "
+            "sha256=...))"
+        )
+    else:
+        why = (
+            f"{' (prefix)' if len(expected) < 64 else ''}: the file is corrupt, truncated or not the one expected; "
+            "download it again, or pass the right sha256 (pretrained_cfg_overlay=dict(file=..., sha256=...))"
+        )
+    return ChecksumMismatchError(f"sha256 of {source} is {actual}, expected {expected}{why}")
+
+
+def _verify(path: str, sha256: str | None, source: str, name: str | None = None) -> None:
+    """Check ``path`` against ``sha256``, else against a hash prefix in ``name`` (default: the path's name)."""
+    expected = _check_sha256_arg(sha256, "sha256") if sha256 else _hash_from_name(name or path)
     if not expected:
         return
     actual = file_sha256(path)
     if not actual.startswith(expected):
-        raise ChecksumMismatchError(
-            f"sha256 of {source} is {actual}, expected {expected}{' (prefix)' if len(expected) < 64 else ''}; "
-            "the file is corrupt, truncated or not the one the cfg names. Download it again, or pass the right "
-            "sha256 in pretrained_cfg_overlay=dict(file=..., sha256=...)"
-        )
+        raise _mismatch(source, actual, expected, from_name=not sha256)
 
 
 def _is_safetensors(path: str) -> bool:
@@ -187,6 +201,11 @@ def _unsafe_globals(path: str) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # legacy (non-zip) files cannot be scanned without unpickling; the message says so
         return []
+
+
+def _allow_namespace():
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
 
 
 def unwrap_state_dict(checkpoint: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -213,13 +232,16 @@ def load_checkpoint_file(path: str | os.PathLike, *, sha256: str | None = None) 
     """Read a .pth/.pt/.bin (``torch.load(weights_only=True)``) or .safetensors file as an unwrapped state_dict.
 
     ``sha256`` (full digest or a prefix of >= 8 hex digits) is checked first; without it, a hash prefix in the
-    file name (``name-1a2b3c4d.pth``) is checked.
+    file name (``name-1a2b3c4d.pth``, timm's convention) is checked.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file {path!r} does not exist; check the path given as file=")
-    expected = _check_sha256_arg(sha256, "sha256") if sha256 else _hash_from_name(path)
-    _verify(path, expected, path)
+    _verify(path, sha256, path)
+    return _read_checkpoint(path)
+
+
+def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if _is_safetensors(path):
         import safetensors.torch
 
@@ -227,7 +249,7 @@ def load_checkpoint_file(path: str | os.PathLike, *, sha256: str | None = None) 
     try:
         # DeiT-style training scripts (used by several official repos) store argparse.Namespace under 'args';
         # rebuilding one only sets attributes, so it is allowed, as timm does.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with _allow_namespace():
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = _unsafe_globals(path)
@@ -283,7 +305,7 @@ def download_checkpoint(
     os.makedirs(cache_dir, exist_ok=True)
     name = _cache_name(url, architecture)
     target = os.path.join(cache_dir, name)
-    expected = sha256 or _hash_from_name(name)
+    expected = _check_sha256_arg(sha256, "sha256") if sha256 else _hash_from_name(name)
     if os.path.isfile(target):
         if not expected or file_sha256(target).startswith(expected):
             return target
@@ -291,7 +313,8 @@ def download_checkpoint(
     fd, partial = tempfile.mkstemp(prefix=name + ".", suffix=".partial", dir=cache_dir)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+        request = urllib.request.Request(url, headers={"User-Agent": "visionattn"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
@@ -304,12 +327,8 @@ def download_checkpoint(
         ) from err
     actual = digest.hexdigest()
     if expected and not actual.startswith(expected):
-        os.remove(partial)
-        raise ChecksumMismatchError(
-            f"sha256 of the file downloaded from {url} is {actual}, expected {expected}; the download was "
-            "corrupted or the server sent another file (nothing was kept in the cache). Try again, or download "
-            "it yourself and pass pretrained_cfg_overlay=dict(file=..., sha256=...)"
-        )
+        os.remove(partial)  # nothing corrupt stays in the cache
+        raise _mismatch(f"the file downloaded from {url}", actual, expected, from_name=not sha256)
     shutil.move(partial, target)
     return target
 
@@ -398,15 +417,15 @@ def fetch_state_dict(
     if kind == "hf-hub":
         filename = pretrained_cfg.get("hf_hub_filename")
         path = _download_from_hub(location, filename, cache_dir, arch)
-        expected = _expected_sha256(f"{location}:{filename or ''}", sha256) or _hash_from_name(path)
+        expected = _expected_sha256(f"{location}:{filename or ''}", sha256)
         _verify(path, expected, f"{path} (from the Hugging Face hub repo {location})")
-        return load_checkpoint_file(path)
+        return _read_checkpoint(path)
     if kind == "url":
         if isinstance(location, (tuple, list)):  # timm allows (url, filename)
             location = location[0]
         expected = _expected_sha256(location, sha256)
         path = download_checkpoint(location, cache_dir=cache_dir, sha256=expected, architecture=arch)
-        return load_checkpoint_file(path, sha256=expected)
+        return _read_checkpoint(path)  # verified by download_checkpoint
     raise CheckpointError(
         f"no pretrained weights are published for {arch or 'this model'}; use pretrained=False, or load a file "
         "with pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')"
@@ -469,7 +488,8 @@ def build_model(
 
     # timm's load_pretrained runs the converter, adapts the input conv, drops a mismatched classifier and loads.
     # It is handed a one-entry placeholder as the cfg's state_dict (a pretrained cfg is deep-copied by timm, the
-    # real weights must not be) and the converter is applied to the weights fetched above instead.
+    # real weights must not be), and no 'source' (which would make timm fetch from the hub itself); the converter
+    # is applied to the weights fetched above instead.
     placeholder = {"_fetched_by_visionattn": torch.empty(0)}
 
     def _convert(_: dict, model: nn.Module) -> dict:
@@ -480,11 +500,13 @@ def build_model(
         variant,
         True,
         pretrained_cfg=cfg_arg,
-        pretrained_cfg_overlay={**overlay, "state_dict": placeholder},
+        pretrained_cfg_overlay={**overlay, "state_dict": placeholder, "source": None},
         pretrained_filter_fn=_convert,
         **kwargs,
     )
     model.pretrained_cfg.pop("state_dict", None)
+    if cfg.get("source"):
+        model.pretrained_cfg["source"] = cfg["source"]
     return model
 
 
@@ -512,13 +534,19 @@ def convert_checkpoint(
 
     model = timm.create_model(model_name, pretrained=False, **dict(model_kwargs or {}))
     state_dict = convert_state_dict(model_name, load_checkpoint_file(src, sha256=sha256), model)
-    result = model.load_state_dict(state_dict, strict=False)
+    hint = (
+        "pass the model arguments the checkpoint was trained with (num_classes, depths, embed_dims, ...) as "
+        "model_kwargs / --model-kwargs"
+    )
+    built = f"{model_name}{' with ' + json.dumps(dict(model_kwargs)) if model_kwargs else ''}"
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{src} does not fit {built}: {str(err).strip()[:600]}; {hint}") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{src} does not convert to {model_name}"
-            f"{' with ' + json.dumps(dict(model_kwargs)) if model_kwargs else ''}: missing keys "
-            f"{result.missing_keys[:8]}, unexpected keys {result.unexpected_keys[:8]}; pass the model arguments "
-            "the checkpoint was trained with (num_classes, depth, embed_dim, ...)"
+            f"{src} does not convert to {built}: missing keys {result.missing_keys[:8]}, unexpected keys "
+            f"{result.unexpected_keys[:8]}; {hint}"
         )
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
     dst = os.fspath(dst)
