@@ -28,6 +28,7 @@ from .backbone import MM_HINT
 try:
     from mmengine.config import Config, DictAction
     from mmengine.logging import HistoryBuffer
+    from mmengine.model import is_model_wrapper, revert_sync_batchnorm
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 except ImportError as e:  # pragma: no cover - depends on the install
@@ -52,7 +53,8 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     as ``getattr(HistoryBuffer, 'min')``. Allow-listing the real ``getattr`` would let a crafted file reach
     arbitrary attributes, so only those lookups are answered.
     """
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    # the four built-in statistics, plus any registered with HistoryBuffer.register_statistics
+    if obj is HistoryBuffer and name in {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}:
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(f"refusing getattr({obj!r}, {name!r}) while loading a checkpoint")
 
@@ -170,6 +172,13 @@ def build_runner(cfg: Config) -> Runner:
         from .backbone import require_mm
 
         require_mm(scope)
-    if "runner_type" in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    base = RUNNERS.get(cfg.runner_type) if "runner_type" in cfg else Runner
+
+    class CPUSafeRunner(base):
+        def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module) -> torch.nn.Module:
+            # SyncBatchNorm built in code (not from a config's norm_cfg) must become BN before DDP sees it
+            if not _cuda() and not is_model_wrapper(model):
+                model = revert_sync_batchnorm(model)
+            return super().wrap_model(model_wrapper_cfg, model)
+
+    return CPUSafeRunner.from_cfg(cfg)
