@@ -423,7 +423,8 @@ def _launch_args(q: torch.Tensor, v: torch.Tensor):
 def _bra_triton_forward(q, k, v, routing32, kpm, scale):
     b, h, nr, r, d, dv, meta = _launch_args(q, v)
     topk = routing32.shape[-1]
-    o = torch.empty((b, h, nr, r, dv), device=q.device, dtype=q.dtype)
+    # The interpreter truncates fp32 -> bf16 on store (no round-to-nearest), so upcast runs store fp32.
+    o = torch.empty((b, h, nr, r, dv), device=q.device, dtype=torch.float32 if meta["UPCAST"] else q.dtype)
     lse = torch.empty((b, h, nr, r), device=q.device, dtype=torch.float32)
     has_mask = kpm is not None
 
@@ -442,6 +443,7 @@ def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, ne
     topk = routing32.shape[-1]
     has_mask = kpm is not None
     kpm_arg = kpm if has_mask else routing32
+    grad_dtype = torch.float32 if meta["UPCAST"] else q.dtype
     n_rows = b * h * nr * r
     delta = torch.empty((b, h, nr, r), device=q.device, dtype=torch.float32)
     block = 64 if _dispatch.interpreting() else 32
@@ -449,7 +451,7 @@ def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, ne
 
     dq = dk = dvv = None
     if need_dq:
-        dq = torch.empty_like(q)
+        dq = torch.empty_like(q, dtype=grad_dtype)
 
         def grid_q(meta_):
             return (nr * meta_["MB"], b * h)
@@ -459,8 +461,8 @@ def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, ne
             TOPK=topk, HAS_MASK=has_mask, **meta,
         )
     if need_dkv:
-        dk = torch.empty_like(k)
-        dvv = torch.empty_like(v)
+        dk = torch.empty_like(k, dtype=grad_dtype)
+        dvv = torch.empty_like(v, dtype=grad_dtype)
         qoff, qreg = _transpose_routing(routing32, nr)
 
         def grid_kv(meta_):
@@ -479,7 +481,7 @@ class _BRATriton(torch.autograd.Function):
         o, lse = _bra_triton_forward(q, k, v, routing32, kpm, scale)
         ctx.save_for_backward(q, k, v, o, lse, routing32, kpm)
         ctx.scale = scale
-        return o
+        return o.to(q.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -487,9 +489,8 @@ class _BRATriton(torch.autograd.Function):
         q, k, v, o, lse, routing32, kpm = ctx.saved_tensors
         need_dq = ctx.needs_input_grad[0]
         need_dkv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        dq, dk, dv = _bra_triton_backward(
-            do.contiguous(), q, k, v, o, lse, routing32, kpm, ctx.scale, need_dq, need_dkv
-        )
+        grads = _bra_triton_backward(do.contiguous(), q, k, v, o, lse, routing32, kpm, ctx.scale, need_dq, need_dkv)
+        dq, dk, dv = (None if g is None else g.to(q.dtype) for g in grads)
         return dq, dk, dv, None, None, None
 
 

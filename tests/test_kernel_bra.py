@@ -249,18 +249,21 @@ def test_triton_repeated_routing_matches_reference():
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
-def test_triton_half_precision_forward(dtype, atol):
+@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float16, 2e-3, 0), (torch.bfloat16, 1e-4, 2**-8)])
+def test_triton_half_precision_forward(dtype, atol, rtol):
+    """fp16 runs in fp16 tl.dot; bf16 is upcast to fp32 inside the kernel, so only its output rounding
+    (2**-9 relative) remains."""
     q, k, v, routing, kpm = _case(2, 2, 6, 6, 12, 12, 3, mask=True, no_key=True, dtype=dtype, seed=11)
     out = bra(q, k, v, routing, key_padding_mask=kpm, backend="triton")
     assert out.dtype == dtype
     ref = bra_reference(q.float(), k.float(), v.float(), routing, key_padding_mask=kpm)
-    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
 
 
 @needs_triton
-def test_triton_fp16_backward():
-    q, k, v, routing, _ = _case(1, 1, 4, 16, 16, 16, 2, dtype=torch.float16, seed=2)
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-3), (torch.bfloat16, 8e-3)])
+def test_triton_half_precision_backward(dtype, atol):
+    q, k, v, routing, _ = _case(1, 1, 4, 16, 16, 16, 2, dtype=dtype, seed=2)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out = bra(q, k, v, routing, backend="triton")
     grad_out = torch.randn_like(out)
@@ -268,8 +271,8 @@ def test_triton_fp16_backward():
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     want = torch.autograd.grad(bra_reference(q32, k32, v32, routing), (q32, k32, v32), grad_out.float())
     for g, w in zip(got, want):
-        assert g.dtype == torch.float16
-        torch.testing.assert_close(g.float(), w, atol=1e-2, rtol=0)
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), w, atol=atol, rtol=0)
 
 
 @needs_triton
