@@ -14,7 +14,7 @@ import json
 import sys
 
 import visionattn  # noqa: F401  (registers the models with timm)
-from visionattn.pretrained import convert_checkpoint
+from visionattn.pretrained import CheckpointError, convert_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--model-kwargs {args.model_kwargs!r} is not JSON ({err}); write e.g. '{{\"num_classes\": 10}}'")
     if not isinstance(model_kwargs, dict):
         parser.error(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-    path, digest = convert_checkpoint(
-        args.model, args.src, args.dst, model_kwargs=model_kwargs, sha256=args.sha256, hash_name=args.hash_name
-    )
+    try:
+        path, digest = convert_checkpoint(
+            args.model, args.src, args.dst, model_kwargs=model_kwargs, sha256=args.sha256, hash_name=args.hash_name
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"convert_checkpoint: error: {err}", file=sys.stderr)
+        return 1
     print(f"{digest}  {path}")
     return 0
 

@@ -63,8 +63,6 @@ __all__ = [
 # timm/torch.hub convention: "resnet50_a1_0-14fe96d1.pth" carries the first hex digits of its sha256.
 # At least 8 digits, so names such as "model-face.pth" are not taken for a hash.
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.")
-# Keys of a pretrained cfg that timm's PretrainedCfg does not know; taken out before timm sees the cfg.
-_OWN_CFG_KEYS = ("sha256",)
 _DOWNLOAD_TIMEOUT_S = float(os.environ.get("VISIONATTN_DOWNLOAD_TIMEOUT", "60"))
 
 _CONVERTERS: dict[str, Converter] = {}  # family -> converter
@@ -329,8 +327,16 @@ def download_checkpoint(
     if expected and not actual.startswith(expected):
         os.remove(partial)  # nothing corrupt stays in the cache
         raise _mismatch(f"the file downloaded from {url}", actual, expected, from_name=not sha256)
+    _chmod_like_new_file(partial)
     shutil.move(partial, target)
     return target
+
+
+def _chmod_like_new_file(path: str) -> None:
+    """Temporary files are created 0600; give the final file the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _download_from_hub(hub_id: str, filename: str | None, cache_dir: str | None, architecture: str | None) -> str:
@@ -542,7 +548,9 @@ def convert_checkpoint(
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"{src} does not fit {built}: {str(err).strip()[:600]}; {hint}") from None
+        lines = [line.strip() for line in str(err).strip().splitlines()[1:]]
+        more = f" (and {len(lines) - 4} more)" if len(lines) > 4 else ""
+        raise CheckpointError(f"{src} does not fit {built}: {' '.join(lines[:4])}{more}; {hint}") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{src} does not convert to {built}: missing keys {result.missing_keys[:8]}, unexpected keys "
@@ -557,6 +565,7 @@ def convert_checkpoint(
         safetensors.torch.save_file(tensors, dst, metadata={"format": "pt", "model": model_name})
     else:
         torch.save(tensors, dst)
+    _chmod_like_new_file(dst)  # safetensors writes through a 0600 temporary file
     digest = file_sha256(dst)
     if hash_name:
         stem, ext = os.path.splitext(dst)
