@@ -21,7 +21,8 @@ $PY -m pip install -q -e ".[mm]"
 echo "== [4/4] natten (optional neighborhood-attention backend; pure-Python build without CUDA)"
 if ! $PY -c "import natten" 2>/dev/null; then
     # natten ships only a source distribution that imports torch at build time.
-    $PY -m pip install -q --no-build-isolation natten || echo "natten did not install; its comparisons are skipped"
+    # --no-deps: pip must not touch the installed torch.
+    $PY -m pip install -q --no-build-isolation --no-deps natten || echo "natten did not install; its comparisons are skipped"
 fi
 
 $PY - <<'PYEOF'
