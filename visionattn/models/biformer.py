@@ -23,7 +23,7 @@ from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, regis
 from timm.models._features import feature_take_indices
 
 from visionattn.layers.routing import BiLevelRoutingAttention
-from visionattn.pretrained import build_model
+from visionattn.pretrained import build_model, register_converter
 
 from . import _registry
 
@@ -558,6 +558,7 @@ def biformer_b(pretrained: bool = False, **kwargs) -> BiFormer:
 
 for _name in ("biformer_tiny", "biformer_small", "biformer_base", "biformer_stl"):
     _registry.add(_name, "biformer")
+register_converter("biformer", checkpoint_filter_fn)
 for _alias, _name in (
     ("biformer_t", "biformer_tiny"),
     ("biformer_s", "biformer_small"),
