@@ -9,7 +9,8 @@ Kernel mode:
     python tools/benchmark.py kernels --op bra --device cuda --csv bra.csv
 
 A model is a spec: ``NAME[,ENV_VAR=value][,kwarg=value]`` (see visionattn.benchmark.parse_spec); a
-``--compare`` spec without a name reuses the first model. Ratios are first / compare.
+``--compare`` spec without a name reuses the first model and its settings, adding its own items.
+Ratios are first / compare.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _write(args: argparse.Namespace, rows: list, md_cols, extra=()) -> str:
 def run_models(argv: list[str]) -> str:
     args = _parser_model().parse_args(argv)
     first = vb.parse_spec(args.model)
-    specs = [first] + ([vb.parse_spec(args.compare, default_model=first.model)] if args.compare else [])
+    specs = [first] + ([vb.parse_spec(args.compare, default=first)] if args.compare else [])
     rows, extra = [], []
     for size in args.size:
         for batch in args.batch:

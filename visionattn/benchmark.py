@@ -207,23 +207,36 @@ class ModelSpec:
         return ",".join([self.model, *extra])
 
 
-def parse_spec(text: str, default_model: str | None = None) -> ModelSpec:
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so ``depths=(1,1,1,1)`` stays one item."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+def parse_spec(text: str, default: str | ModelSpec | None = None) -> ModelSpec:
     """Parse ``"NAME[,KEY=VALUE...]"``; upper-case keys are env vars, others model kwargs (Python literals).
 
-    The name may be left out (``"VISIONATTN_KERNELS=reference"``) when ``default_model`` is given.
+    The name may be left out (``"VISIONATTN_KERNELS=reference"``) when ``default`` is given: the spec is then
+    ``default`` (a name, or a spec whose env and kwargs are kept) with these items added or overridden.
     """
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    parts = [p.strip() for p in _split_top_level(text) if p.strip()]
     if not parts:
         raise ValueError("empty model spec; give a model name, e.g. 'biformer_small' or 'resnet50,VAR=value'")
-    model = default_model
+    base = ModelSpec(default) if isinstance(default, str) else default
     if "=" not in parts[0]:
-        model = parts.pop(0)
-    if model is None:
+        base = ModelSpec(parts.pop(0))
+    if base is None:
         raise ValueError(
             f"model spec {text!r} names no model; start it with a model name, e.g. 'biformer_small,{text}'"
         )
-    env: dict[str, str] = {}
-    kwargs: dict[str, object] = {}
+    env, kwargs = dict(base.env), dict(base.kwargs)
     for p in parts:
         if "=" not in p:
             raise ValueError(f"model spec {text!r}: {p!r} is not KEY=VALUE; only the first item may be a model name")
@@ -235,7 +248,7 @@ def parse_spec(text: str, default_model: str | None = None) -> ModelSpec:
                 kwargs[k] = ast.literal_eval(v)
             except (ValueError, SyntaxError):
                 kwargs[k] = v
-    return ModelSpec(model, env, kwargs)
+    return ModelSpec(base.model, env, kwargs)
 
 
 @dataclass
@@ -713,8 +726,8 @@ def bench_kernels(
     """Time each op's implementations at :func:`kernel_cases` shapes; returns one row per (case, impl).
 
     Defaults: CUDA bf16 at each case's batch, CPU float32 batch 1 on 1 thread. ``cases`` keeps cases whose
-    name contains one of the given substrings. Roofline percentages use ``peak_tflops``/``peak_tbps``
-    (H100 by default) and are filled on CUDA only.
+    name contains one of the given substrings. On CUDA, rows also get achieved TB/s (compulsory bytes), useful
+    TFLOP/s and the roofline percentage against ``peak_tflops``/``peak_tbps`` (H100 by default).
     """
     device = torch.device(device)
     for op in ops:
@@ -751,10 +764,10 @@ def bench_kernels(
                 r.fwd_speedup = r.fwd_ms / base.fwd_ms
                 r.fwdbwd_speedup = r.fwdbwd_ms / base.fwdbwd_ms
                 r.fwd_mem_ratio = r.fwd_mem_mb / base.fwd_mem_mb if base.fwd_mem_mb else math.nan
-                fb, ff, bb, bf = _bytes_flops(case, r.impl, b, torch.finfo(dt).bits // 8)
-                r.fwd_tbps, r.fwd_tflops = fb / r.fwd_ms / 1e9, ff / r.fwd_ms / 1e9
-                r.fwdbwd_tbps, r.fwdbwd_tflops = bb / r.fwdbwd_ms / 1e9, bf / r.fwdbwd_ms / 1e9
                 if device.type == "cuda":
+                    fb, ff, bb, bf = _bytes_flops(case, r.impl, b, torch.finfo(dt).bits // 8)
+                    r.fwd_tbps, r.fwd_tflops = fb / r.fwd_ms / 1e9, ff / r.fwd_ms / 1e9
+                    r.fwdbwd_tbps, r.fwdbwd_tflops = bb / r.fwdbwd_ms / 1e9, bf / r.fwdbwd_ms / 1e9
                     r.fwd_roofline_pct = 100 * max(ff / peak_tflops, fb / peak_tbps) / (r.fwd_ms / 1e3)
                     r.fwdbwd_roofline_pct = 100 * max(bf / peak_tflops, bb / peak_tbps) / (r.fwdbwd_ms / 1e3)
             if "visionattn" not in impls:
