@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
+from visionattn.kernels import HAS_TRITON, last_path
 
 import visionattn
 from visionattn.layers import routing
@@ -298,6 +299,26 @@ def test_routing_is_detached_but_attention_gets_gradients():
     # routing on its own builds no graph
     _, idx = layer(x, return_routing=True)
     assert not idx.requires_grad
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (CPU-only torch build)")
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_triton_path_matches_reference_path(mask_padding):
+    # On CPU this runs the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1): tiny shapes only.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layer = _layer(dim=32, heads=1, n_win=2, topk=2, mask_padding=mask_padding).to(device)
+    x = torch.randn(1, 7, 5, 32, device=device, requires_grad=True)
+    results = []
+    for backend in ("triton", "reference"):
+        layer.backend = backend
+        layer.zero_grad()
+        x.grad = None
+        out = layer(x)
+        assert last_path("bra") == backend
+        out.square().sum().backward()
+        results.append((out.detach(), x.grad.clone(), layer.qkv.weight.grad.clone()))
+    for a, b in zip(*results):  # output, input gradient, weight gradient; gradients reach ~1e3 here
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
 def test_last_stage_attention_matches_naive_mhsa():
