@@ -134,7 +134,9 @@ def test_compare_cli_csv_and_markdown(tmp_path, capsys):
     cli = _cli()
     csv_path, md_path = tmp_path / "m.csv", tmp_path / "m.md"
     argv = ["test_resnet", "--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1"]
-    cli.main(argv + ["--compare", "test_convnext", "--csv", str(csv_path), "--md", str(md_path)])
+    png = tmp_path / "m.png"
+    cli.main(argv + ["--compare", "test_convnext", "--csv", str(csv_path), "--md", str(md_path), "--plot", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert list(rows[0]) == MODEL_COLUMNS
     assert [r["label"] for r in rows] == ["test_resnet", "test_convnext", "ratio (first / compare)"]
