@@ -94,8 +94,10 @@ def _check(
     if isinstance(halo_size, bool) or not isinstance(halo_size, int) or halo_size < 0:
         raise ValueError(f"halo_size must be an int >= 0, got {halo_size!r}")
     if pad_mode not in _PAD_MODES:
-        raise ValueError(f"pad_mode={pad_mode!r} is not one of {_PAD_MODES}: 'zeros' is timm's HaloAttn, "
-                         "'mask' excludes keys outside the image")
+        raise ValueError(
+            f"pad_mode={pad_mode!r} is not one of {_PAD_MODES}: 'zeros' is timm's HaloAttn, "
+            "'mask' excludes keys outside the image"
+        )
     hq, wq = q.shape[2:4]
     h, w = k.shape[2:4]
     if min(hq, wq, h, w) < 1:
@@ -119,8 +121,7 @@ def _check(
             )
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}; move it to q's device")
-    return _Geometry(block_size, halo_size, stride, block_size // stride, win, -(-h // block_size),
-                     -(-w // block_size))
+    return _Geometry(block_size, halo_size, stride, block_size // stride, win, -(-h // block_size), -(-w // block_size))
 
 
 def _rel_index(n: int, qblock: int, win: int, device: torch.device) -> torch.Tensor:
@@ -129,9 +130,7 @@ def _rel_index(n: int, qblock: int, win: int, device: torch.device) -> torch.Ten
     return torch.arange(win, device=device)[None, :] - local[:, None] + (win - 1)
 
 
-def _rel_logits(
-    q: torch.Tensor, rel: torch.Tensor | None, qblock: int, win: int, axis: int
-) -> torch.Tensor | None:
+def _rel_logits(q: torch.Tensor, rel: torch.Tensor | None, qblock: int, win: int, axis: int) -> torch.Tensor | None:
     """Per-query relative logits along one axis, in window coordinates.
 
     q: (B, heads, Hq, Wq, d); rel: (2 * win - 1, d) -> (B, heads, Hq, Wq, win); axis 2 = rows, 3 = columns.
@@ -222,9 +221,10 @@ def halo_attn_reference(
     else:
         logits = logits * scale + rel
     if pad_mode == "mask":
-        keep = _in_image(g.nbh, k.shape[2], g, q.device)[:, None, :, None] & _in_image(
-            g.nbw, k.shape[3], g, q.device
-        )[None, :, None, :]
+        keep = (
+            _in_image(g.nbh, k.shape[2], g, q.device)[:, None, :, None]
+            & _in_image(g.nbw, k.shape[3], g, q.device)[None, :, None, :]
+        )
         logits = logits.masked_fill(~keep.reshape(g.nbh, g.nbw, 1, win * win), torch.finfo(logits.dtype).min)
     out = torch.matmul(logits.softmax(dim=-1), vw)  # (B, nh, nbh, nbw, bq^2, dv)
     out = out.reshape(b, nh, g.nbh, g.nbw, bq, bq, -1).permute(0, 1, 2, 4, 3, 5, 6)
@@ -243,15 +243,55 @@ if _dispatch.HAS_TRITON:
 
     @triton.jit
     def _halo_fwd_kernel(
-        Q, K, V, LH, LW, OUT, LSE,
-        sq_b, sq_h, sq_y, sq_x, sq_d,
-        sk_b, sk_h, sk_y, sk_x, sk_d,
-        sv_b, sv_h, sv_y, sv_x, sv_d,
-        so_b, so_h, so_y, so_x, so_d,
-        NH, H, W, HQ, WQ, NBW, DQK, DV, scale,
-        BS: tl.constexpr, HALO: tl.constexpr, BQ: tl.constexpr, WIN: tl.constexpr, WINP: tl.constexpr,
-        ROWS: tl.constexpr, BM: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr,
-        HAS_RH: tl.constexpr, HAS_RW: tl.constexpr, MASK_PAD: tl.constexpr, UPCAST: tl.constexpr,
+        Q,
+        K,
+        V,
+        LH,
+        LW,
+        OUT,
+        LSE,
+        sq_b,
+        sq_h,
+        sq_y,
+        sq_x,
+        sq_d,
+        sk_b,
+        sk_h,
+        sk_y,
+        sk_x,
+        sk_d,
+        sv_b,
+        sv_h,
+        sv_y,
+        sv_x,
+        sv_d,
+        so_b,
+        so_h,
+        so_y,
+        so_x,
+        so_d,
+        NH,
+        H,
+        W,
+        HQ,
+        WQ,
+        NBW,
+        DQK,
+        DV,
+        scale,
+        BS: tl.constexpr,
+        HALO: tl.constexpr,
+        BQ: tl.constexpr,
+        WIN: tl.constexpr,
+        WINP: tl.constexpr,
+        ROWS: tl.constexpr,
+        BM: tl.constexpr,
+        DP: tl.constexpr,
+        DVP: tl.constexpr,
+        HAS_RH: tl.constexpr,
+        HAS_RW: tl.constexpr,
+        MASK_PAD: tl.constexpr,
+        UPCAST: tl.constexpr,
         PREC: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -271,7 +311,8 @@ if _dispatch.HAS_TRITON:
         e_ok = offs_e < DV
         q = tl.load(
             Q + b * sq_b + hh * sq_h + yq[:, None] * sq_y + xq[:, None] * sq_x + offs_d[None, :] * sq_d,
-            mask=m_ok[:, None] & d_ok[None, :], other=0.0,
+            mask=m_ok[:, None] & d_ok[None, :],
+            other=0.0,
         )
         if UPCAST:
             q = q.to(tl.float32)
@@ -297,20 +338,20 @@ if _dispatch.HAS_TRITON:
             in_img = col_in & (ky < WIN) & (row >= 0) & (row < H)
             kt = tl.load(
                 k_base + row[None, :] * sk_y + col[None, :] * sk_x + offs_d[:, None] * sk_d,
-                mask=in_img[None, :] & d_ok[:, None], other=0.0,
+                mask=in_img[None, :] & d_ok[:, None],
+                other=0.0,
             )
             vt = tl.load(
                 v_base + row[:, None] * sv_y + col[:, None] * sv_x + offs_e[None, :] * sv_d,
-                mask=in_img[:, None] & e_ok[None, :], other=0.0,
+                mask=in_img[:, None] & e_ok[None, :],
+                other=0.0,
             )
             if UPCAST:
                 kt = kt.to(tl.float32)
                 vt = vt.to(tl.float32)
             s = tl.dot(q, kt, input_precision=PREC) * qk_scale
             if HAS_RH:
-                lh = tl.load(
-                    LH + rel_row[:, None] + ky[None, :], mask=m_ok[:, None] & (ky < WIN)[None, :], other=0.0
-                )
+                lh = tl.load(LH + rel_row[:, None] + ky[None, :], mask=m_ok[:, None] & (ky < WIN)[None, :], other=0.0)
                 s += lh.to(tl.float32) * 1.4426950408889634
             if HAS_RW:
                 s += lw
@@ -329,7 +370,8 @@ if _dispatch.HAS_TRITON:
         out = acc / l_i[:, None]
         tl.store(
             OUT + b * so_b + hh * so_h + yq[:, None] * so_y + xq[:, None] * so_x + offs_e[None, :] * so_d,
-            out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & e_ok[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=m_ok[:, None] & e_ok[None, :],
         )
         # natural-log LSE per query, (B * heads, Hq, Wq)
         lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
@@ -337,15 +379,61 @@ if _dispatch.HAS_TRITON:
 
     @triton.jit
     def _halo_bwd_kernel(
-        Q, K, V, LH, LW, DO, LSE, DELTA, DQ, DK, DVA, DLH, DLW,
-        sq_b, sq_h, sq_y, sq_x, sq_d,
-        sk_b, sk_h, sk_y, sk_x, sk_d,
-        sv_b, sv_h, sv_y, sv_x, sv_d,
-        sd_b, sd_h, sd_y, sd_x, sd_d,
-        NH, H, W, HQ, WQ, NBW, DQK, DV, scale,
-        BS: tl.constexpr, HALO: tl.constexpr, BQ: tl.constexpr, WIN: tl.constexpr, WINP: tl.constexpr,
-        ROWS: tl.constexpr, BM: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr,
-        HAS_RH: tl.constexpr, HAS_RW: tl.constexpr, MASK_PAD: tl.constexpr, UPCAST: tl.constexpr,
+        Q,
+        K,
+        V,
+        LH,
+        LW,
+        DO,
+        LSE,
+        DELTA,
+        DQ,
+        DK,
+        DVA,
+        DLH,
+        DLW,
+        sq_b,
+        sq_h,
+        sq_y,
+        sq_x,
+        sq_d,
+        sk_b,
+        sk_h,
+        sk_y,
+        sk_x,
+        sk_d,
+        sv_b,
+        sv_h,
+        sv_y,
+        sv_x,
+        sv_d,
+        sd_b,
+        sd_h,
+        sd_y,
+        sd_x,
+        sd_d,
+        NH,
+        H,
+        W,
+        HQ,
+        WQ,
+        NBW,
+        DQK,
+        DV,
+        scale,
+        BS: tl.constexpr,
+        HALO: tl.constexpr,
+        BQ: tl.constexpr,
+        WIN: tl.constexpr,
+        WINP: tl.constexpr,
+        ROWS: tl.constexpr,
+        BM: tl.constexpr,
+        DP: tl.constexpr,
+        DVP: tl.constexpr,
+        HAS_RH: tl.constexpr,
+        HAS_RW: tl.constexpr,
+        MASK_PAD: tl.constexpr,
+        UPCAST: tl.constexpr,
         PREC: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -364,11 +452,13 @@ if _dispatch.HAS_TRITON:
         e_ok = offs_e < DV
         q = tl.load(
             Q + b * sq_b + hh * sq_h + yq[:, None] * sq_y + xq[:, None] * sq_x + offs_d[None, :] * sq_d,
-            mask=m_ok[:, None] & d_ok[None, :], other=0.0,
+            mask=m_ok[:, None] & d_ok[None, :],
+            other=0.0,
         )
         do = tl.load(
             DO + b * sd_b + hh * sd_h + yq[:, None] * sd_y + xq[:, None] * sd_x + offs_e[None, :] * sd_d,
-            mask=m_ok[:, None] & e_ok[None, :], other=0.0,
+            mask=m_ok[:, None] & e_ok[None, :],
+            other=0.0,
         )
         if UPCAST:
             q = q.to(tl.float32)
@@ -399,20 +489,20 @@ if _dispatch.HAS_TRITON:
             in_img = col_in & (ky < WIN) & (row >= 0) & (row < H)
             kt = tl.load(
                 k_base + row[:, None] * sk_y + col[:, None] * sk_x + offs_d[None, :] * sk_d,
-                mask=in_img[:, None] & d_ok[None, :], other=0.0,
+                mask=in_img[:, None] & d_ok[None, :],
+                other=0.0,
             )
             vt = tl.load(
                 v_base + row[:, None] * sv_y + col[:, None] * sv_x + offs_e[None, :] * sv_d,
-                mask=in_img[:, None] & e_ok[None, :], other=0.0,
+                mask=in_img[:, None] & e_ok[None, :],
+                other=0.0,
             )
             if UPCAST:
                 kt = kt.to(tl.float32)
                 vt = vt.to(tl.float32)
             s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
             if HAS_RH:
-                lh = tl.load(
-                    LH + rel_row[:, None] + ky[None, :], mask=m_ok[:, None] & (ky < WIN)[None, :], other=0.0
-                )
+                lh = tl.load(LH + rel_row[:, None] + ky[None, :], mask=m_ok[:, None] & (ky < WIN)[None, :], other=0.0)
                 s += lh.to(tl.float32) * 1.4426950408889634
             if HAS_RW:
                 s += lw
@@ -424,27 +514,22 @@ if _dispatch.HAS_TRITON:
             p = tl.where(keep[None, :] & m_ok[:, None], p, 0.0)
             dv_t = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
             kv_pos = (row * W + col).to(tl.int64)
-            tl.atomic_add(
-                dv_base + kv_pos[:, None] * DV + offs_e[None, :], dv_t, mask=in_img[:, None] & e_ok[None, :]
-            )
+            tl.atomic_add(dv_base + kv_pos[:, None] * DV + offs_e[None, :], dv_t, mask=in_img[:, None] & e_ok[None, :])
             dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
             ds = p * (dp - delta[:, None])  # gradient of the natural-unit logit
             dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
             dk_t = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * scale
-            tl.atomic_add(
-                dk_base + kv_pos[:, None] * DQK + offs_d[None, :], dk_t, mask=in_img[:, None] & d_ok[None, :]
-            )
+            tl.atomic_add(dk_base + kv_pos[:, None] * DQK + offs_d[None, :], dk_t, mask=in_img[:, None] & d_ok[None, :])
             if HAS_RH:
                 ds3 = tl.reshape(ds, (BM, ROWS, WINP))
                 r = ky0 + tl.arange(0, ROWS)
-                tl.store(
-                    DLH + rel_row[:, None] + r[None, :], tl.sum(ds3, 2), mask=m_ok[:, None] & (r < WIN)[None, :]
-                )
+                tl.store(DLH + rel_row[:, None] + r[None, :], tl.sum(ds3, 2), mask=m_ok[:, None] & (r < WIN)[None, :])
             if HAS_RW:
                 dlw += tl.sum(tl.reshape(ds, (BM, ROWS, WINP)), 1)
         tl.store(
             DQ + bh.to(tl.int64) * HQ * WQ * DQK + (yq * WQ + xq)[:, None] * DQK + offs_d[None, :],
-            (dq * scale).to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :],
+            (dq * scale).to(DQ.dtype.element_ty),
+            mask=m_ok[:, None] & d_ok[None, :],
         )
         if HAS_RW:
             kw = tl.arange(0, WINP)
@@ -498,10 +583,28 @@ def _common_args(q, k, v, g: _Geometry, scale: float, has_rh: bool, has_rw: bool
     dv = v.shape[-1]
     win = g.win
     return dict(
-        NH=nh, H=k.shape[2], W=k.shape[3], HQ=hq, WQ=wq, NBW=g.nbw, DQK=dqk, DV=dv, scale=float(scale),
-        BS=g.block, HALO=g.halo, BQ=g.qblock, WIN=win, WINP=_pow2(win), BM=_pow2(g.qblock**2, 16),
-        DP=_pow2(dqk, 16), DVP=_pow2(dv, 16), HAS_RH=has_rh, HAS_RW=has_rw, MASK_PAD=mask_pad,
-        UPCAST=q.dtype == torch.bfloat16 and _dispatch.interpreting(), PREC=_precision(q.dtype),
+        NH=nh,
+        H=k.shape[2],
+        W=k.shape[3],
+        HQ=hq,
+        WQ=wq,
+        NBW=g.nbw,
+        DQK=dqk,
+        DV=dv,
+        scale=float(scale),
+        BS=g.block,
+        HALO=g.halo,
+        BQ=g.qblock,
+        WIN=win,
+        WINP=_pow2(win),
+        BM=_pow2(g.qblock**2, 16),
+        DP=_pow2(dqk, 16),
+        DVP=_pow2(dv, 16),
+        HAS_RH=has_rh,
+        HAS_RW=has_rw,
+        MASK_PAD=mask_pad,
+        UPCAST=q.dtype == torch.bfloat16 and _dispatch.interpreting(),
+        PREC=_precision(q.dtype),
     )
 
 
@@ -519,8 +622,19 @@ class _HaloAttnTriton(torch.autograd.Function):
         dummy = lse  # never read when the table is absent
         grid = (g.nbh * g.nbw, b * nh)
         _launcher(_halo_fwd_kernel, "fwd", args["WINP"], args["BM"])(
-            grid, Q=q, K=k, V=v, LH=dummy if lh is None else lh, LW=dummy if lw is None else lw, OUT=o, LSE=lse,
-            **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o), **args,
+            grid,
+            Q=q,
+            K=k,
+            V=v,
+            LH=dummy if lh is None else lh,
+            LW=dummy if lw is None else lw,
+            OUT=o,
+            LSE=lse,
+            **_strides("q", q),
+            **_strides("k", k),
+            **_strides("v", v),
+            **_strides("o", o),
+            **args,
         )
         ctx.save_for_backward(q, k, v, lh, lw, o, lse)
         ctx.g, ctx.scale, ctx.mask_pad = g, scale, mask_pad
@@ -540,9 +654,25 @@ class _HaloAttnTriton(torch.autograd.Function):
         args = _common_args(q, k, v, g, ctx.scale, lh is not None, lw is not None, ctx.mask_pad)
         grid = (g.nbh * g.nbw, b * nh)
         _launcher(_halo_bwd_kernel, "bwd", args["WINP"], args["BM"])(
-            grid, Q=q, K=k, V=v, LH=lse if lh is None else lh, LW=lse if lw is None else lw, DO=do, LSE=lse,
-            DELTA=delta, DQ=dq, DK=dk, DVA=dv, DLH=lse if dlh is None else dlh, DLW=lse if dlw is None else dlw,
-            **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("d", do), **args,
+            grid,
+            Q=q,
+            K=k,
+            V=v,
+            LH=lse if lh is None else lh,
+            LW=lse if lw is None else lw,
+            DO=do,
+            LSE=lse,
+            DELTA=delta,
+            DQ=dq,
+            DK=dk,
+            DVA=dv,
+            DLH=lse if dlh is None else dlh,
+            DLW=lse if dlw is None else dlw,
+            **_strides("q", q),
+            **_strides("k", k),
+            **_strides("v", v),
+            **_strides("d", do),
+            **args,
         )
         dlh = None if dlh is None else dlh.to(lh.dtype)
         dlw = None if dlw is None else dlw.to(lw.dtype)
@@ -589,8 +719,16 @@ def halo_attn(
     _dispatch.record("halo_attn", path)
     if path == "reference":
         return halo_attn_reference(
-            q, k, v, block_size, halo_size, rel_height=rel_height, rel_width=rel_width, scale=scale,
-            scale_pos_embed=scale_pos_embed, pad_mode=pad_mode,
+            q,
+            k,
+            v,
+            block_size,
+            halo_size,
+            rel_height=rel_height,
+            rel_width=rel_width,
+            scale=scale,
+            scale_pos_embed=scale_pos_embed,
+            pad_mode=pad_mode,
         )
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -631,8 +769,17 @@ class HaloAttentionOp(nn.Module):
 
     def forward(self, q, k, v, rel_height=None, rel_width=None):
         return halo_attn(
-            q, k, v, self.block_size, self.halo_size, rel_height=rel_height, rel_width=rel_width,
-            scale=self.scale, scale_pos_embed=self.scale_pos_embed, pad_mode=self.pad_mode, backend=self.backend,
+            q,
+            k,
+            v,
+            self.block_size,
+            self.halo_size,
+            rel_height=rel_height,
+            rel_width=rel_width,
+            scale=self.scale,
+            scale_pos_embed=self.scale_pos_embed,
+            pad_mode=self.pad_mode,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -80,6 +80,7 @@ def split_qkv(attn: HaloAttn, x: torch.Tensor):
 
 # ---------------------------------------------------------------- reference vs the dense definition
 
+
 @pytest.mark.parametrize(
     "h, w, bs, halo, stride, pad_mode, spe",
     [
@@ -96,8 +97,9 @@ def split_qkv(attn: HaloAttn, x: torch.Tensor):
 )
 def test_reference_matches_dense_definition(h, w, bs, halo, stride, pad_mode, spe):
     q, k, v, rh, rw = make_inputs(2, 2, h, w, bs, halo, stride, 6, 5)
-    out = halo_attn_reference(q, k, v, bs, halo, rel_height=rh, rel_width=rw, scale=0.3, scale_pos_embed=spe,
-                              pad_mode=pad_mode)
+    out = halo_attn_reference(
+        q, k, v, bs, halo, rel_height=rh, rel_width=rw, scale=0.3, scale_pos_embed=spe, pad_mode=pad_mode
+    )
     exp = dense_halo(q, k, v, bs, halo, stride, rh, rw, scale=0.3, scale_pos_embed=spe, pad_mode=pad_mode)
     assert out.shape == exp.shape == (2, 2, -(-h // stride), -(-w // stride), 5)
     torch.testing.assert_close(out, exp, rtol=0, atol=1e-10)
@@ -124,30 +126,48 @@ def test_reference_gradcheck():
         inputs = make_inputs(1, 1, h, w, 2, 1, stride, 3, 2, grad=True)
 
         def f(q, k, v, rh, rw, pad_mode=pad_mode):
-            return halo_attn_reference(q, k, v, 2, 1, rel_height=rh, rel_width=rw, scale_pos_embed=True,
-                                       pad_mode=pad_mode)
+            return halo_attn_reference(
+                q, k, v, 2, 1, rel_height=rh, rel_width=rw, scale_pos_embed=True, pad_mode=pad_mode
+            )
 
         assert torch.autograd.gradcheck(f, inputs)
 
 
 # ---------------------------------------------------------------- reference vs timm
 
+
 @pytest.mark.parametrize(
     "bs, halo, stride, spe",
-    [(4, 1, 1, False), (4, 2, 2, True), (8, 2, 1, True), (8, 3, 2, False), (7, 2, 1, False), (3, 4, 1, True),
-     (7, 2, 2, False)],  # block 7 with stride 2: timm pools after stride-1 attention
+    [
+        (4, 1, 1, False),
+        (4, 2, 2, True),
+        (8, 2, 1, True),
+        (8, 3, 2, False),
+        (7, 2, 1, False),
+        (3, 4, 1, True),
+        (7, 2, 2, False),
+    ],  # block 7 with stride 2: timm pools after stride-1 attention
 )
 def test_matches_timm_halo_attn(bs, halo, stride, spe):
-    timm_attn = HaloAttn(16, 24, stride=stride, num_heads=2, block_size=bs, halo_size=halo, qkv_bias=True,
-                         scale_pos_embed=spe).eval()
+    timm_attn = HaloAttn(
+        16, 24, stride=stride, num_heads=2, block_size=bs, halo_size=halo, qkv_bias=True, scale_pos_embed=spe
+    ).eval()
     x = torch.randn(2, 16, 2 * bs, 3 * bs)
     with torch.no_grad():
         expected = timm_attn(x)
         layer = HaloAttnOnKernel(timm_attn, backend="reference")
         torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)
         q, k, v = split_qkv(timm_attn, x)
-        out = halo_attn_reference(q, k, v, bs, halo, rel_height=timm_attn.pos_embed.height_rel,
-                                  rel_width=timm_attn.pos_embed.width_rel, scale_pos_embed=spe)
+        out = halo_attn_reference(
+            q,
+            k,
+            v,
+            bs,
+            halo,
+            rel_height=timm_attn.pos_embed.height_rel,
+            rel_width=timm_attn.pos_embed.width_rel,
+            scale_pos_embed=spe,
+        )
     assert out.shape[2:4] == q.shape[2:4]
     assert layer.q is timm_attn.q and layer.pos_embed is timm_attn.pos_embed  # shared, not copied
     assert layer.state_dict().keys() == timm_attn.state_dict().keys()
@@ -187,8 +207,9 @@ def test_sizes_timm_rejects_run_in_both_modes():
 def test_reference_exports_to_onnx_without_unfold():
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    layer = HaloAttnOnKernel(HaloAttn(8, 16, num_heads=2, block_size=4, halo_size=1), backend="reference",
-                             pad_mode="mask").eval()
+    layer = HaloAttnOnKernel(
+        HaloAttn(8, 16, num_heads=2, block_size=4, halo_size=1), backend="reference", pad_mode="mask"
+    ).eval()
     x = torch.randn(1, 8, 8, 12)
     buf = io.BytesIO()
     torch.onnx.export(layer, (x,), buf, dynamo=False, opset_version=17)
@@ -196,11 +217,13 @@ def test_reference_exports_to_onnx_without_unfold():
     assert "Unfold" not in ops and "Col2Im" not in ops
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]),
-                                   layer(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]), layer(x), rtol=0, atol=1e-5
+        )
 
 
 # ---------------------------------------------------------------- Triton (interpreter on CPU) vs reference
+
 
 def _triton_vs_reference(shape, dtype, pad_mode="zeros", spe=False, rel=True, non_contiguous=False):
     b, nh, h, w, bs, halo, stride, d, dv = shape
@@ -208,13 +231,22 @@ def _triton_vs_reference(shape, dtype, pad_mode="zeros", spe=False, rel=True, no
     if non_contiguous:  # conv-style (B, heads, d, H, W) storage, as HaloAttnOnKernel passes it
         q, k, v = (t.permute(0, 1, 4, 2, 3).contiguous().permute(0, 1, 3, 4, 2) for t in (q, k, v))
     ins = [None if t is None else t.to(dtype).requires_grad_() for t in (q, k, v, rh, rw)]
-    out = halo_attn(*ins[:3], bs, halo, rel_height=ins[3], rel_width=ins[4], scale_pos_embed=spe,
-                    pad_mode=pad_mode, backend="triton")
+    out = halo_attn(
+        *ins[:3],
+        bs,
+        halo,
+        rel_height=ins[3],
+        rel_width=ins[4],
+        scale_pos_embed=spe,
+        pad_mode=pad_mode,
+        backend="triton",
+    )
     assert _dispatch.last_path("halo_attn") == "triton"
     assert out.dtype == dtype
     ref_ins = [None if t is None else t.detach().float().requires_grad_() for t in ins]
-    ref = halo_attn_reference(*ref_ins[:3], bs, halo, rel_height=ref_ins[3], rel_width=ref_ins[4],
-                              scale_pos_embed=spe, pad_mode=pad_mode)
+    ref = halo_attn_reference(
+        *ref_ins[:3], bs, halo, rel_height=ref_ins[3], rel_width=ref_ins[4], scale_pos_embed=spe, pad_mode=pad_mode
+    )
     return ins, out, ref_ins, ref
 
 
@@ -230,8 +262,7 @@ TINY = [
 @pytest.mark.parametrize("pad_mode", ["zeros", "mask"])
 def test_triton_forward_backward_fp32(shape, pad_mode):
     spe = shape[6] == 2
-    ins, out, ref_ins, ref = _triton_vs_reference(shape, torch.float32, pad_mode, spe=spe,
-                                                  non_contiguous=shape[0] == 2)
+    ins, out, ref_ins, ref = _triton_vs_reference(shape, torch.float32, pad_mode, spe=spe, non_contiguous=shape[0] == 2)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     grad = torch.randn_like(ref)
     got = torch.autograd.grad(out, ins, grad)
@@ -276,8 +307,7 @@ def test_triton_bf16_forward_upcast():
 def test_triton_layer_matches_timm_forward_and_backward():
     timm_attn = HaloAttn(8, 16, num_heads=2, block_size=4, halo_size=1, scale_pos_embed=True).train()
     x = torch.randn(1, 8, 8, 8, requires_grad=True)
-    params = [x, timm_attn.q.weight, timm_attn.kv.weight, timm_attn.pos_embed.height_rel,
-              timm_attn.pos_embed.width_rel]
+    params = [x, timm_attn.q.weight, timm_attn.kv.weight, timm_attn.pos_embed.height_rel, timm_attn.pos_embed.width_rel]
     exp = timm_attn(x)
     g = torch.randn_like(exp)
     exp_grads = torch.autograd.grad(exp, params, g)
@@ -298,7 +328,6 @@ def test_triton_halonet26t_logits():
     assert _dispatch.last_path("halo_attn") == "triton"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("rows", [1, 16])
 def test_triton_key_tile_heights(monkeypatch, rows):
     # one window row per iteration, and the whole window in one tile
@@ -311,6 +340,7 @@ def test_triton_key_tile_heights(monkeypatch, rows):
 
 
 # ---------------------------------------------------------------- dispatch and errors
+
 
 def test_dispatch_paths(monkeypatch):
     q, k, v, rh, rw = make_inputs(1, 1, 4, 4, 4, 1, 1, 16, 16, dtype=torch.float32)
@@ -352,8 +382,14 @@ def test_dispatch_paths(monkeypatch):
     ],
 )
 def test_errors(change, exc, match):
-    args = dict(q=torch.zeros(1, 1, 4, 4, 8), k=torch.zeros(1, 1, 4, 4, 8), v=torch.zeros(1, 1, 4, 4, 8),
-                block_size=4, halo_size=1, pad_mode="zeros")
+    args = dict(
+        q=torch.zeros(1, 1, 4, 4, 8),
+        k=torch.zeros(1, 1, 4, 4, 8),
+        v=torch.zeros(1, 1, 4, 4, 8),
+        block_size=4,
+        halo_size=1,
+        pad_mode="zeros",
+    )
     args.update(change)
     q, k, v, bs, halo = (args.pop(n) for n in ("q", "k", "v", "block_size", "halo_size"))
     with pytest.raises(exc, match=match):

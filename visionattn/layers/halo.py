@@ -60,9 +60,17 @@ class HaloAttnOnKernel(nn.Module):
         # timm's kv channels are per head: dqk key channels then dv value channels
         k, v = self.kv(x).reshape(b, nh, dqk + dv, h, w).permute(0, 1, 3, 4, 2).split([dqk, dv], dim=-1)
         out = halo_attn(
-            q, k, v, self.block_size, self.halo_size,
-            rel_height=self.pos_embed.height_rel, rel_width=self.pos_embed.width_rel, scale=self.scale,
-            scale_pos_embed=self.scale_pos_embed, pad_mode=self.pad_mode, backend=self.backend,
+            q,
+            k,
+            v,
+            self.block_size,
+            self.halo_size,
+            rel_height=self.pos_embed.height_rel,
+            rel_width=self.pos_embed.width_rel,
+            scale=self.scale,
+            scale_pos_embed=self.scale_pos_embed,
+            pad_mode=self.pad_mode,
+            backend=self.backend,
         )
         out = out.permute(0, 1, 4, 2, 3).reshape(b, self.dim_out_v, hq, wq)
         return self.pool(out)
