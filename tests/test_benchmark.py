@@ -133,21 +133,23 @@ def test_spec_environment_is_applied_and_restored(monkeypatch):
 def test_compare_cli_csv_and_markdown(tmp_path, capsys):
     cli = _cli()
     csv_path, md_path = tmp_path / "m.csv", tmp_path / "m.md"
-    argv = ["test_resnet", "--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1"]
+    argv = ["test_resnet", "--size", "32", "--batch", "2", "3", "--iters", "2", "--warmup", "1"]
     png = tmp_path / "m.png"
     cli.main(argv + ["--compare", "test_convnext", "--csv", str(csv_path), "--md", str(md_path), "--plot", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert list(rows[0]) == MODEL_COLUMNS
-    assert [r["label"] for r in rows] == ["test_resnet", "test_convnext", "ratio (first / compare)"]
-    a, b, ratio = rows
-    for col in ("images_per_s", "latency_ms", "latency_p90_ms", "peak_mem_mb"):
-        assert math.isclose(float(ratio[col]), float(a[col]) / float(b[col]), rel_tol=1e-12), col
-    for r in (a, b):
-        assert math.isclose(float(r["images_per_s"]), int(r["batch"]) / (float(r["latency_ms"]) / 1e3), rel_tol=1e-12)
+    assert [r["label"] for r in rows] == ["test_resnet", "test_convnext", "ratio (first / compare)"] * 2
+    assert [r["batch"] for r in rows] == ["2"] * 3 + ["3"] * 3
+    for a, b, ratio in (rows[:3], rows[3:]):
+        for col in ("images_per_s", "latency_ms", "latency_p90_ms", "peak_mem_mb"):
+            assert math.isclose(float(ratio[col]), float(a[col]) / float(b[col]), rel_tol=1e-12), col
+        for r in (a, b):
+            ips = int(r["batch"]) / (float(r["latency_ms"]) / 1e3)
+            assert math.isclose(float(r["images_per_s"]), ips, rel_tol=1e-12)
     stdout = capsys.readouterr().out
-    assert stdout.startswith("| label | mode |") and stdout.count("\n| ") == 3  # 3 rows below the separator
-    assert md_path.read_text().count("\n") == 5
+    assert stdout.startswith("| label | mode |") and stdout.count("\n| ") == 6  # 6 rows below the separator
+    assert md_path.read_text().count("\n") == 8
 
 
 def test_compare_same_model_under_env(tmp_path):

@@ -69,12 +69,12 @@ def _parser_kernels() -> argparse.ArgumentParser:
     return p
 
 
-def _write(args: argparse.Namespace, rows: list, md_cols, extra=()) -> str:
-    md = vb.to_markdown(rows, md_cols, extra)
+def _write(args: argparse.Namespace, rows: list, md_cols) -> str:
+    md = vb.to_markdown(rows, md_cols)
     if args.md:
-        args.md.write_text(vb.to_markdown(rows, None, extra))
+        args.md.write_text(vb.to_markdown(rows))
     if args.csv:
-        args.csv.write_text(vb.to_csv(rows, extra))
+        args.csv.write_text(vb.to_csv(rows))
     if args.plot:
         vb.plot(rows, str(args.plot))
     return md
@@ -84,7 +84,7 @@ def run_models(argv: list[str]) -> str:
     args = _parser_model().parse_args(argv)
     first = vb.parse_spec(args.model)
     specs = [first] + ([vb.parse_spec(args.compare, default=first)] if args.compare else [])
-    rows, extra = [], []
+    rows: list = []
     for size in args.size:
         for batch in args.batch:
             pair = [
@@ -107,10 +107,10 @@ def run_models(argv: list[str]) -> str:
             rows += pair
             if len(pair) == 2:
                 ratio = vb.compare_ratio(*pair)
-                extra.append(
+                rows.append(
                     {"label": "ratio (first / compare)", "batch": batch, "height": size[0], "width": size[1], **ratio}
                 )
-    return _write(args, rows, vb.MODEL_MD_COLUMNS, extra)
+    return _write(args, rows, vb.MODEL_MD_COLUMNS)
 
 
 def run_kernels(argv: list[str]) -> str:

@@ -788,29 +788,40 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def to_csv(rows: Sequence[object], extra: Sequence[dict] = ()) -> str:
-    """CSV of dataclass rows (full precision); ``extra`` rows (dicts) may fill a subset of the columns."""
+def _as_dict(row: object) -> dict:
+    return row if isinstance(row, dict) else asdict(row)
+
+
+def _columns(rows: Sequence[object]) -> list[str]:
+    first = next((r for r in rows if not isinstance(r, dict)), None)
+    if first is None:
+        raise ValueError("a table needs at least one result row (dict rows only fill its columns)")
+    return [f.name for f in fields(first)]
+
+
+def to_csv(rows: Sequence[object]) -> str:
+    """CSV (full precision) of result rows in order; dict rows (e.g. ratios) may fill a subset of the columns."""
     if not rows:
         return ""
-    cols = [f.name for f in fields(rows[0])]
+    cols = _columns(rows)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow(asdict(r))
-    for e in extra:
-        w.writerow({c: e.get(c, "") for c in cols})
+        d = _as_dict(r)
+        w.writerow({c: d.get(c, "") for c in cols})
     return buf.getvalue()
 
 
-def to_markdown(rows: Sequence[object], columns: Sequence[str] | None = None, extra: Sequence[dict] = ()) -> str:
-    """Markdown table of dataclass rows (4 significant digits); ``extra`` rows (dicts) as in :func:`to_csv`."""
+def to_markdown(rows: Sequence[object], columns: Sequence[str] | None = None) -> str:
+    """Markdown table (4 significant digits) of result rows in order; dict rows as in :func:`to_csv`."""
     if not rows:
         return ""
-    cols = list(columns or [f.name for f in fields(rows[0])])
+    cols = list(columns or _columns(rows))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in [asdict(r) for r in rows] + list(extra):
-        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    for r in rows:
+        d = _as_dict(r)
+        lines.append("| " + " | ".join(_fmt(d.get(c, "")) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -857,6 +868,7 @@ def plot(rows: Sequence[object], path: str, *, title: str = "") -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("--plot needs matplotlib; pip install matplotlib (or visionattn[dev])") from e
+    rows = [r for r in rows if not isinstance(r, dict)]
     if rows and isinstance(rows[0], ModelResult):
         labels = [f"{r.label} b{r.batch} {r.height}x{r.width} {r.mode}" for r in rows]
         fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
