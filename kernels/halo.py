@@ -563,10 +563,12 @@ def _launcher(kernel, which: str, winp: int, bm: int):
             triton.Config({"ROWS": r}, num_warps=nw, num_stages=ns)
             for r in opts
             for nw in ((4, 8) if bm * r * winp >= 64 * 128 else (2, 4))
-            for ns in (1, 2, 3)
+            for ns in (1, 2)
         ]
         extra = {"reset_to_zero": ["DK", "DVA"]} if which == "bwd" else {}
-        _tuned[key] = triton.autotune(configs=configs, key=["HQ", "WQ", "DQK", "DV", "NH"], **extra)(kernel)
+        _tuned[key] = triton.autotune(
+            configs=configs, key=["HQ", "WQ", "DQK", "DV", "NH", "WIN", "BQ", "MASK_PAD"], **extra
+        )(kernel)
     tuned = _tuned[key]
     return lambda grid, **kw: tuned[grid](**kw)
 
