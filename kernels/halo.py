@@ -30,7 +30,10 @@ Triton forward/backward (one program per (query block, batch * head); the window
 window rows with 2-D addressing and boundary masks; the relative logits are precomputed per query in PyTorch as
 ``(.., Hq, Wq, win)`` tables for rows and for columns and added by index; online softmax, saved LSE; the
 backward recomputes the probabilities, writes dq and the gradients of both tables and accumulates dk/dv with
-fp32 atomics, since neighbouring windows overlap).
+fp32 atomics, since neighbouring windows overlap, so dk/dv are not bit-reproducible on a GPU). Kernel dtypes:
+float32 (IEEE products unless ``torch.backends.cuda.matmul.allow_tf32``), float16, bfloat16 (native on a GPU;
+upcast to float32 inside the kernel under ``TRITON_INTERPRET=1``, whose bfloat16 ``tl.dot`` is wrong); head
+dims up to 256, padded to a power of two >= 16.
 """
 
 from __future__ import annotations
