@@ -204,3 +204,153 @@ def test_cli(tmp_path):
     assert written["min_size"] == ShapesSpec().min_size  # not given: the preset's value
     assert len(list((root / "images/train").iterdir())) == 4
     assert cli.main(["--root", str(root)]) == 1  # refuses to overwrite without --overwrite
+
+
+# ----------------------------------------------------------------------------------------------- mm datasets
+
+
+def _mm_or_skip(package: str):
+    # The mm extra is optional: without it these datasets do not exist (CI installs it).
+    return pytest.importorskip(package, reason=f"{package} is not installed (pip install visionattn[mm])")
+
+
+def test_mmdet_dataset_through_pipeline(dataset):
+    _mm_or_skip("mmdet")
+    from mmdet.registry import DATASETS
+    from mmengine.registry import DefaultScope
+
+    root, spec = dataset
+    shapes.register_mm_datasets(det=True, seg=False)
+    pipeline = [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="PackDetInputs"),
+    ]
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        ds = DATASETS.build(
+            dict(
+                type="ShapesCocoDataset",
+                data_root=str(root),
+                ann_file="annotations/instances_val.json",
+                data_prefix=dict(img="images/val/"),
+                pipeline=pipeline,
+            )
+        )
+        assert ds.metainfo["classes"] == CLASSES
+        assert len(ds) == spec.num_val
+        coco = json.loads((root / "annotations" / "instances_val.json").read_text())
+        for index in (0, len(ds) - 1):
+            item = ds[index]
+            sample = item["data_samples"]
+            name = Path(sample.img_path).name
+            image_id = next(im["id"] for im in coco["images"] if im["file_name"] == name)
+            anns = [a for a in coco["annotations"] if a["image_id"] == image_id]
+            # The image tensor is the PNG in BGR order, channels first.
+            np.testing.assert_array_equal(item["inputs"].numpy().transpose(1, 2, 0), cv2.imread(str(sample.img_path)))
+            xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+            np.testing.assert_allclose(sample.gt_instances.bboxes.tensor.numpy(), xyxy)
+            np.testing.assert_array_equal(sample.gt_instances.labels.numpy(), [a["category_id"] - 1 for a in anns])
+            inst = _read(root / "annotations" / "instances" / "val" / name)
+            masks = sample.gt_instances.masks.to_ndarray().astype(bool)
+            np.testing.assert_array_equal(masks, np.stack([inst == k for k in range(1, len(anns) + 1)]))
+
+
+def test_mmseg_dataset_through_pipeline(dataset):
+    _mm_or_skip("mmseg")
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import DATASETS
+
+    root, spec = dataset
+    shapes.register_mm_datasets(det=False, seg=True)
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        ds = DATASETS.build(
+            dict(
+                type="ShapesSegDataset",
+                data_root=str(root),
+                data_prefix=dict(img_path="images/train", seg_map_path="annotations/semantic/train"),
+                pipeline=pipeline,
+            )
+        )
+        assert ds.metainfo["classes"] == ("background", "circle", "square", "triangle")
+        assert len(ds) == spec.num_train
+        for index in (0, 5):
+            item = ds[index]
+            sample = item["data_samples"]
+            name = Path(sample.img_path).name
+            expected = _read(root / "annotations" / "semantic" / "train" / name)
+            np.testing.assert_array_equal(sample.gt_sem_seg.data.numpy()[0], expected)
+            np.testing.assert_array_equal(item["inputs"].numpy().transpose(1, 2, 0), cv2.imread(str(sample.img_path)))
+
+
+def test_dataset_generates_missing_data(tmp_path):
+    _mm_or_skip("mmseg")
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import DATASETS
+
+    shapes.register_mm_datasets(det=False, seg=True)
+    cfg = dict(
+        type="ShapesSegDataset",
+        data_root=str(tmp_path / "gen"),
+        generate=dict(num_train=3, num_val=2, seed=5),
+        data_prefix=dict(img_path="images/val", seg_map_path="annotations/semantic/val"),
+        pipeline=[],
+    )
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        ds = DATASETS.build(cfg)
+        assert len(ds) == 2
+        assert read_meta(tmp_path / "gen")["spec"]["seed"] == 5
+        with pytest.raises(ValueError, match="generated with"):
+            DATASETS.build({**cfg, "generate": dict(num_train=3, num_val=2, seed=6)})
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _tiny_run_cfg(work_dir: Path, data_root: Path, max_iters: int):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / "configs/seg/fpn_biformer_tiny_shapes.py"))
+    small = dict(cfg.shapes, num_train=16, num_val=4)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.dataset.data_root = str(data_root)
+        loader.dataset.generate = small
+    cfg.train_dataloader.batch_size = 4
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+    cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False)]
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", by_epoch=False, interval=max_iters)
+    cfg.default_hooks.pop("visualization")
+    cfg.work_dir = str(work_dir)
+    return cfg
+
+
+@pytest.mark.slow
+def test_seg_config_trains_and_resumes(tmp_path):
+    _mm_or_skip("mmseg")
+    from visionattn.dense.runner import build_runner
+
+    data_root = tmp_path / "shapes"
+    runner = build_runner(_tiny_run_cfg(tmp_path / "work", data_root, max_iters=12))
+    runner.train()
+    losses = runner.message_hub.get_scalar("train/loss").data[0]
+    assert len(losses) == 12 and np.all(np.isfinite(losses))
+    # Random init: cross-entropy starts near log(4) = 1.39 and falls as the background class is learned.
+    assert losses[:3].mean() > 1.0
+    assert losses[-3:].mean() < 0.75 * losses[:3].mean()
+    assert (tmp_path / "work" / "iter_12.pth").is_file()
+    # --resume: a longer schedule continues from iteration 12 instead of starting again.
+    from mmengine.hooks import Hook
+
+    seen: list[int] = []
+
+    class RecordIters(Hook):
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            seen.append(runner.iter)
+
+    cfg = _tiny_run_cfg(tmp_path / "work", data_root, max_iters=14)
+    cfg.resume = True
+    resumed = build_runner(cfg)
+    resumed.register_hook(RecordIters())
+    resumed.train()
+    assert seen == [12, 13]
