@@ -496,8 +496,9 @@ def _tiny_seg_setup(tmp: Path, max_iters: int, interrupt_at: int = 0) -> Path:
                 data_preprocessor=dict(type='SegDataPreProcessor', mean=[100.0] * 3, std=[60.0] * 3,
                                        bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(64, 64)),
                 backbone=dict(type='VisionAttnBackbone', model_name='biformer_tiny',
-                              model_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64), n_win=2)),
-                decode_head=dict(type='FCNHead', in_channels=64, in_index=3, channels=32, num_convs=1,
+                              model_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64), n_win=2),
+                              out_indices=(3,)),
+                decode_head=dict(type='FCNHead', in_channels=64, in_index=0, channels=32, num_convs=1,
                                  num_classes=3, norm_cfg=norm_cfg, align_corners=False,
                                  loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
                 train_cfg=dict(), test_cfg=dict(mode='whole'))
