@@ -353,6 +353,36 @@ def test_mmseg_segmentor_loss_and_predict(head):
     assert all(int(p.pred_sem_seg.data.max()) < 3 for p in preds)
 
 
+def test_segmentor_init_weights_loads_the_official_checkpoint_into_its_backbone():
+    """The Runner calls model.init_weights(); mmengine passes it on to the backbone's init_cfg."""
+    pytest.importorskip("mmseg")
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from visionattn.models.biformer import checkpoint_filter_fn
+
+    init_default_scope("mmseg")
+    cfg = Config.fromfile(str(ROOT / "configs/_base_/models/fpn_seg.py")).model
+    path = FIXTURES / "biformer_reduced_official.pth"
+    cfg.backbone = dict(
+        type="VisionAttnBackbone",
+        model_name="biformer_tiny",
+        model_kwargs=REDUCED,
+        init_cfg=dict(type="Pretrained", checkpoint=str(path)),
+    )
+    cfg.neck.in_channels = [32, 64, 64, 64]
+    cfg.decode_head.norm_cfg = dict(type="BN", requires_grad=True)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    official = torch.load(path, weights_only=True)
+    converted = checkpoint_filter_fn(official, model.backbone.trunk)
+    trunk = {k.replace("stages_", "stages."): v for k, v in model.backbone.trunk.state_dict().items()}
+    assert set(trunk) <= set(converted)  # every trunk tensor comes from the file (its final norm / head are unused)
+    for k, v in trunk.items():
+        assert torch.equal(v, converted[k].to(v.dtype)), k
+
+
 # ---------------------------------------------------------------------------------------------------------
 # every config builds and runs a tiny forward
 
