@@ -4,11 +4,13 @@ Fixes three problems of mmengine 0.10 on current torch / CPU-only machines in on
 
 * resuming (or ``load_from``) an mmengine checkpoint under torch's ``weights_only=True`` default: the
   checkpoint pickles ``HistoryBuffer`` and numpy arrays/scalars; :func:`allow_mmengine_checkpoints`
-  allow-lists exactly those (and nothing that runs code);
+  allow-lists exactly those (the ``getattr`` calls in the pickle are answered for ``HistoryBuffer``'s
+  statistics methods only, so the loader stays on torch's safe path);
 * ``--launcher pytorch`` without a GPU: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its
   default DDP wrapper passes ``device_ids=[LOCAL_RANK]``; :func:`setup_launcher` initialises a gloo process
   group first (the Runner then skips its own initialisation) and wraps with ``device_ids=None``;
-* SyncBN and AMP have no CPU implementation: :func:`cpu_safe_config` turns them into BN and fp32.
+* SyncBN and AMP have no CPU implementation: :func:`cpu_safe_config` turns them into BN and fp32 in the
+  config, and the Runner built by :func:`build_runner` reverts SyncBN layers built in code before wrapping.
 """
 
 from __future__ import annotations
