@@ -111,6 +111,34 @@ def test_objects_per_image_within_spec(dataset):
     assert counts.min() >= 1
 
 
+@pytest.mark.parametrize("spread", [30.0, 90.0])
+def test_hue_spread_ties_colour_to_class(tmp_path, spread):
+    spec = ShapesSpec(
+        img_size=64, num_train=12, num_val=1, max_objects=3, min_size=12.0, max_size=24.0, hue_spread=spread
+    )
+    root = generate_shapes(tmp_path / "s", spec)
+    coco = json.loads((root / "annotations" / "instances_train.json").read_text())
+    checked = 0
+    for image in coco["images"]:
+        name = image["file_name"]
+        bgr = cv2.imread(str(root / "images" / "train" / name))
+        inst = _read(root / "annotations" / "instances" / "train" / name)
+        hue = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV_FULL)[..., 0].astype(float) * 360 / 256
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        for k, ann in enumerate(anns, start=1):
+            pixels = hue[inst == k]
+            if pixels.size < 20:
+                continue
+            # The class's own hue: circle 0, square 120, triangle 240 degrees; median over the shape's pixels
+            # (edges blend with the background), circular distance, 8-bit hue quantisation tolerance.
+            target = 120.0 * (ann["category_id"] - 1)
+            angles = np.deg2rad(pixels)
+            mean = np.rad2deg(np.arctan2(np.median(np.sin(angles)), np.median(np.cos(angles))))
+            assert abs((mean - target + 180.0) % 360.0 - 180.0) <= spread + 4.0
+            checked += 1
+    assert checked >= 12
+
+
 def test_class_balance(tmp_path):
     spec = ShapesSpec(num_train=300, num_val=1)
     root = generate_shapes(tmp_path / "s", spec)

@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if field.name != "hard":
             flag = "--" + field.name.replace("_", "-")
             # ShapesSpec's annotations are strings (postponed evaluation): map them to the parsers.
-            kind = {"int": int, "float": float}[str(field.type)]
+            kind = {"int": int, "float": float, "float | None": float}[str(field.type)]
             parser.add_argument(flag, type=kind, default=None, help=f"default: the preset's {field.name}")
     return parser.parse_args(argv)
 

@@ -52,6 +52,10 @@ class ShapesSpec:
     # Size of a shape = side of the square of equal area, so every class covers the same pixels on average.
     min_size: float = 20.0
     max_size: float = 40.0
+    # Colour cue: None draws shape colours independently of the class; a number draws each class's hue
+    # within that many degrees of its own (circle 0, square 120, triangle 240); above 60 the bands overlap,
+    # so colour narrows the class down and the outline decides.
+    hue_spread: float | None = None
     # Hard set: textured background and shapes, noise, distractor strokes, shapes may occlude each other.
     hard: bool = False
     seed: int = 0
@@ -72,6 +76,9 @@ class ShapesSpec:
                 f"ShapesSpec size range [{self.min_size}, {self.max_size}] is invalid for img_size={self.img_size}; "
                 f"pass 4 <= min_size <= max_size <= img_size / 2 = {self.img_size / 2}"
             )
+
+        if self.hue_spread is not None and not 0 < self.hue_spread <= 180:
+            raise ValueError(f"ShapesSpec.hue_spread={self.hue_spread!r} is invalid; pass None or a number in (0, 180]")
 
     @classmethod
     def preset(cls, hard: bool = False, **overrides: Any) -> ShapesSpec:
@@ -174,12 +181,31 @@ def _texture(rng: np.random.Generator, size: int, color: np.ndarray) -> np.ndarr
     return color[None, None, :] + rng.uniform(20, 50) * field[..., None]
 
 
-def _contrasting_color(rng: np.random.Generator, background: np.ndarray, min_diff: float) -> np.ndarray:
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    """One colour: hue in degrees, saturation and value in [0, 1] -> (3,) float RGB in [0, 255]."""
+    k = (np.array([5.0, 3.0, 1.0]) + h / 60.0) % 6
+    return 255.0 * v * (1 - s * np.clip(np.minimum(k, 4 - k), 0, 1))
+
+
+def _shape_color(
+    rng: np.random.Generator, cls_idx: int, hue_spread: float | None, background: np.ndarray, min_diff: float
+) -> np.ndarray:
+    """(3,) float RGB differing from ``background`` by ``min_diff`` on average per channel.
+
+    ``hue_spread=None``: any colour. Otherwise the hue lies within ``hue_spread`` degrees of the class's own
+    hue (0, 120, 240): a colour cue that, for spreads above 60, several classes share.
+    """
+    color = 255.0 - background  # fallback if sampling fails; practically unreachable
     for _ in range(100):
-        color = rng.integers(0, 256, 3).astype(np.float64)
-        if np.abs(color - background).mean() >= min_diff:
-            return color
-    return 255.0 - background  # practically unreachable; still a valid, contrasting colour
+        if hue_spread is None:
+            candidate = rng.integers(0, 256, 3).astype(np.float64)
+        else:
+            hue = 120.0 * cls_idx + rng.uniform(-hue_spread, hue_spread)
+            candidate = _hsv_to_rgb(hue % 360.0, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+        if np.abs(candidate - background).mean() >= min_diff:
+            color = candidate
+            break
+    return color
 
 
 def _draw_strokes(rng: np.random.Generator, image: np.ndarray, count: int) -> None:
@@ -232,7 +258,7 @@ def render_sample(spec: ShapesSpec, rng: np.random.Generator) -> ShapesSample:
             break
         else:
             continue
-        color = _contrasting_color(rng, background, 60.0)
+        color = _shape_color(rng, cls_idx, spec.hue_spread, background, 60.0)
         if spec.hard:
             x0, y0 = int(box[0]), int(box[1])
             patch = _texture(rng, int(math.ceil(2 * r)) + 2, color)
