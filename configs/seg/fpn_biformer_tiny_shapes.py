@@ -104,7 +104,7 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type="CosineAnnealingLR", eta_min=2e-5, by_epoch=False, begin=30, end=max_iters),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=200)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
 
