@@ -35,7 +35,7 @@ def dataset(request, tmp_path_factory) -> tuple[Path, ShapesSpec]:
 
 def test_layout_and_meta(dataset):
     root, spec = dataset
-    assert read_meta(root)["spec"]["img_size"] == spec.img_size == (256 if spec.hard else 128)
+    assert read_meta(root)["spec"]["img_size"] == spec.img_size == (256 if spec.hard else 64)
     for split in ("train", "val"):
         n = spec.num_images(split)
         for sub in ("images", "annotations/semantic", "annotations/instances"):
@@ -152,8 +152,9 @@ def test_class_balance(tmp_path):
         assert abs((cats == c).sum() - n / 3) < 4 * math.sqrt(n * 2 / 9)
         # Shapes of equal size have equal area, so each class covers about a third of the foreground.
         assert 0.27 < areas[cats == c].sum() / areas.sum() < 0.40
-    # The mean area matches the size distribution: E[size^2] for size ~ U(20, 40) is 933.3 (easy set, no occlusion).
-    assert abs(areas.mean() - (40**3 - 20**3) / (3 * 20)) < 40
+    # The mean area matches the size distribution (easy set, no occlusion): E[size^2] for size ~ U(a, b).
+    a, b = spec.min_size, spec.max_size
+    assert abs(areas.mean() / ((b**3 - a**3) / (3 * (b - a))) - 1) < 0.05
 
 
 def test_shape_masks_hand_checked():
@@ -330,6 +331,8 @@ def test_dataset_generates_missing_data(tmp_path):
         assert read_meta(tmp_path / "gen")["spec"]["seed"] == 5
         with pytest.raises(ValueError, match="generated with"):
             DATASETS.build({**cfg, "generate": dict(num_train=3, num_val=2, seed=6)})
+        with pytest.raises(ValueError, match="needs data_root"):
+            DATASETS.build({k: v for k, v in cfg.items() if k != "data_root"})
 
 
 # ----------------------------------------------------------------------------------------------- training

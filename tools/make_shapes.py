@@ -1,6 +1,6 @@
 """Generate the synthetic shapes dataset (the embedded demo's data).
 
-    python tools/make_shapes.py                      # easy 128 px set into data/shapes
+    python tools/make_shapes.py                      # the demo configs' 64 px set into data/shapes_demo
     python tools/make_shapes.py --hard               # 256 px textured set into data/shapes_hard
     python tools/make_shapes.py --num-train 200 --seed 1 --root /tmp/shapes --overwrite
 """
@@ -18,7 +18,7 @@ from visionattn.dense.shapes import ShapesSpec, generate_shapes
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=None, help="output folder (data/shapes, or data/shapes_hard)")
+    parser.add_argument("--root", type=Path, default=None, help="output folder (data/shapes_demo, or data/shapes_hard)")
     parser.add_argument("--hard", action="store_true", help="256 px, textured, occluding shapes, distractor strokes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset under --root")
     for field in dataclasses.fields(ShapesSpec):
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ShapesSpec)
                  if f.name != "hard" and getattr(args, f.name) is not None}
     spec = ShapesSpec.preset(hard=args.hard, **overrides)
-    root = args.root or Path("data/shapes_hard" if args.hard else "data/shapes")
+    root = args.root or Path("data/shapes_hard" if args.hard else "data/shapes_demo")
     start = time.perf_counter()
     try:
         generate_shapes(root, spec, overwrite=args.overwrite)

@@ -27,6 +27,7 @@ model = dict(
     backbone=dict(
         type="VisionAttnBackbone",
         model_name="biformer_tiny",
+        # 64 px -> 16/8/4/2 px maps, 4 regions per side in the routing stages (as the seg demo).
         model_kwargs=dict(n_win=4, drop_path_rate=0.0),
         out_indices=(1, 2, 3),
         out_norm="ln2d",
@@ -38,7 +39,7 @@ model = dict(
         in_channels=96,
         stacked_convs=2,
         feat_channels=96,
-        # Anchors of 16-25 px at stride 8, 32-50 at 16, 64-100 at 32 cover the 18-60 px boxes.
+        # Anchors of 16-25 px at stride 8 and 32-50 px at stride 16 cover the 12-36 px boxes.
         anchor_generator=dict(
             type="AnchorGenerator", octave_base_scale=2, scales_per_octave=3, ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32]
         ),
@@ -114,7 +115,7 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type="CosineAnnealingLR", eta_min=2e-5, by_epoch=False, begin=30, end=max_iters),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=200)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
 

@@ -32,7 +32,8 @@ model = dict(
     backbone=dict(
         type="VisionAttnBackbone",
         model_name="biformer_tiny",
-        # 128 px -> 32/16/8/4 px maps: 4x4 regions per side keep routing meaningful at every stage.
+        # 64 px -> 16/8/4/2 px maps; 4 regions per side (of 4x4, 2x2, 1x1 tokens in stages 1-3) keep routing
+        # a real choice in stages 1-2; stage 4 attends globally.
         model_kwargs=dict(n_win=4, drop_path_rate=0.0),
         out_indices=(0, 1, 2, 3),
         out_norm="ln2d",
