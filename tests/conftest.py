@@ -10,6 +10,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import visionattn  # noqa: E402,F401
+import toy_families  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative conftest import)
+
+# Before collection: the shared tests parametrise over the registry, toys included.
+toy_families.register()
 
 
 @pytest.fixture(autouse=True)

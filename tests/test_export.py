@@ -12,7 +12,7 @@ import torch.nn as nn
 from visionattn.kernels import bra
 
 import visionattn
-from visionattn.benchmark import bra_official_gather_ours_layout
+from visionattn.models.biformer import bra_official_gather as bra_official_gather_ours_layout
 from visionattn.export import OnnxMismatchError, check_onnx, export_onnx, find_expand_fed_gathers, require_onnx
 from visionattn.models._registry import family_of
 

@@ -23,6 +23,7 @@ import timm
 import torch
 
 import visionattn
+from visionattn.models._registry import Family
 from visionattn import pretrained as vp
 from visionattn.models.biformer import checkpoint_filter_fn
 
@@ -392,12 +393,12 @@ def test_convert_checkpoint_needs_the_training_arguments(official_fp32, tmp_path
     assert not (tmp_path / "x.pth").exists()
 
 
-def test_converter_registry():
-    _create(pretrained=False)  # any build records the family's converter
+def test_converter_comes_from_the_family_record():
     for name in visionattn.list_models("biformer", aliases=True):
         assert vp.get_converter(name) is checkpoint_filter_fn, name
+    assert vp.get_converter("resnet18") is None  # not a visionattn family: loaded as is
     with pytest.raises(TypeError, match="callable"):
-        vp.register_converter("biformer", "not a function")
+        Family(name="bad", models=("biformer_tiny",), params_m={"biformer_tiny": 1.0}, converter="not a function")
 
 
 def test_generate_default_cfgs_records_sha256():

@@ -9,11 +9,11 @@ need C++20. This script:
    built for the same torch version, Python and ops flavour;
 2. otherwise downloads the mmcv 2.1.0 source distribution with pip, rewrites the ``-std`` flags to
    ``-std=c++20``, and builds a wheel in a throw-away virtual environment that sees the installed
-   torch (``--system-site-packages``) but has a setuptools that still ships ``pkg_resources``;
+   torch (a ``.pth`` file naming this environment's site-packages) but has a setuptools that still ships ``pkg_resources``;
 3. installs the wheel with ``pip --no-deps``.
 
 CPU ops are always built. CUDA ops are built when a GPU is visible and ``nvcc`` exists, or when
-``--cuda`` is passed. A cold CPU build takes about 20 minutes on 2 cores; progress is printed as
+``--cuda`` is passed. A cold CPU build takes 12-20 minutes on 2 cores; progress is printed as
 the compiler works through mmcv's sources.
 """
 
@@ -26,7 +26,9 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
+import zipfile
 import tempfile
 import time
 from pathlib import Path
@@ -55,9 +57,25 @@ def _installed_mmcv() -> str | None:
     return ver
 
 
-def _ops_work() -> bool:
+def _ops_error() -> str | None:
+    """None when ``mmcv.ops`` imports and runs nms; else the last line of the error."""
     code = "import mmcv, mmcv.ops, torch; mmcv.ops.nms(torch.rand(4, 4) * 10, torch.rand(4), 0.5)"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {proc.returncode}"
+
+
+def _mmengine_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mmengine") is None
+
+
+def _wheel_has_ops(wheel: str | Path) -> bool:
+    with zipfile.ZipFile(wheel) as zf:
+        return any(re.match(r"mmcv/_ext\..*\.so$", n) for n in zf.namelist())
 
 
 def _run(cmd: list[str], **kw) -> None:
@@ -68,8 +86,20 @@ def _run(cmd: list[str], **kw) -> None:
 def _build(flavour: str, cache: Path, jobs: int) -> Path:
     work = Path(tempfile.mkdtemp(prefix="mmcv-build-"))
     venv = work / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    _run([sys.executable, "-m", "venv", str(venv)])
     vpy = str(venv / "bin" / "python")
+    # The build imports torch. `--system-site-packages` would expose the base interpreter's packages, not
+    # those of the environment running this script (a virtualenv, say): point the build venv at ours.
+    # A .pth entry is appended after the venv's own site-packages, so its older setuptools still wins.
+    site_dir = subprocess.run(
+        [vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site_dir, "visionattn_parent_env.pth").write_text("".join(p + "\n" for p in sorted(ours)))
+    probe = subprocess.run([vpy, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit(f"the mmcv build environment cannot import torch ({probe.stderr.strip()[-300:]})")
     # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 70 no longer ships.
     _run([vpy, "-m", "pip", "install", "-q", "setuptools<70", "wheel"])
     src_dir = work / "src"
@@ -124,6 +154,8 @@ def _build(flavour: str, cache: Path, jobs: int) -> Path:
         tail = log_path.read_text().splitlines()[-40:]
         raise SystemExit("mmcv build failed; last lines of " + str(log_path) + ":\n" + "\n".join(tail))
     wheels = glob.glob(str(out_dir / "mmcv-*.whl"))
+    if not _wheel_has_ops(wheels[0]):
+        raise SystemExit(f"the mmcv build compiled no ops (no mmcv/_ext*.so in {wheels[0]}); see {log_path}")
     target = cache / _cached_name(flavour)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(wheels[0], str(target) + ".tmp")
@@ -155,18 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     flavour = "cpu"
     if args.cuda or (not args.cpu and torch.cuda.is_available() and shutil.which("nvcc")):
         flavour = "cuda"
-    if _installed_mmcv() == MMCV_VERSION and _ops_work() and not args.rebuild:
+    if _mmengine_missing():
+        # `import mmcv` imports mmengine, so the wheel cannot be checked without it.
+        _run([sys.executable, "-m", "pip", "install", "-q", "mmengine==0.10.7"])
+    if _installed_mmcv() == MMCV_VERSION and _ops_error() is None and not args.rebuild:
         print(f"mmcv {MMCV_VERSION} with ops is already installed")
         return 0
     cache = _cache_dir()
     wheel = cache / _cached_name(flavour)
-    if wheel.exists() and not args.rebuild:
+    if wheel.exists() and not args.rebuild and _wheel_has_ops(wheel):
         print(f"using cached wheel {wheel}")
     else:
         wheel = _build(flavour, cache, args.jobs)
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)])
-    if not _ops_work():
-        raise SystemExit("mmcv installed but mmcv.ops does not work; rebuild with --rebuild")
+    err = _ops_error()
+    if err is not None:
+        raise SystemExit(f"mmcv installed but mmcv.ops does not work ({err}); rebuild with --rebuild")
     print(f"mmcv {MMCV_VERSION} with {flavour} ops installed")
     return 0
 

@@ -47,8 +47,8 @@ __all__ = [
     "ChecksumMismatchError",
     "CheckpointDownloadError",
     "build_model",
+    "create_model",
     "generate_default_cfgs",
-    "register_converter",
     "get_converter",
     "register_sha256",
     "file_sha256",
@@ -65,8 +65,6 @@ __all__ = [
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.")
 _DOWNLOAD_TIMEOUT_S = float(os.environ.get("VISIONATTN_DOWNLOAD_TIMEOUT", "60"))
 
-_CONVERTERS: dict[str, Converter] = {}  # family -> converter
-_VARIANT_CONVERTERS: dict[str, Converter] = {}  # variant -> converter, recorded by build_model
 _SHA256: dict[str, str] = {}  # url or "hf_hub_id:filename" -> sha256
 
 
@@ -90,25 +88,14 @@ class CheckpointDownloadError(CheckpointError):
 # registries
 
 
-def register_converter(family: str, converter: Converter) -> None:
-    """Record ``converter(state_dict, model) -> state_dict`` (official layout -> ours) for a model family."""
-    if not callable(converter):
-        raise TypeError(f"converter for family {family!r} must be callable, got {type(converter).__name__}")
-    _CONVERTERS[family] = converter
-
-
 def get_converter(model_name: str) -> Converter | None:
-    """The converter of ``model_name``'s family, or None when the family loads its official layout as is."""
+    """The converter its family record declares for ``model_name`` (or an alias), None when there is none."""
     from .models import _registry
 
-    name = _registry.resolve_alias(model_name)
     try:
-        family = _registry.family_of(name)
+        return _registry.get_family(model_name).converter
     except KeyError:
-        family = None
-    if family is not None and family in _CONVERTERS:
-        return _CONVERTERS[family]
-    return _VARIANT_CONVERTERS.get(name)
+        return None
 
 
 def register_sha256(location: str, sha256: str) -> None:
@@ -457,19 +444,14 @@ def build_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build ``model_cls`` for ``variant`` with timm's machinery; ``converter`` maps an official
-    state_dict (already unwrapped from ``ckpt['model']``) to this model's layout.
+    state_dict (already unwrapped from ``ckpt['model']``) to this model's layout (default: the converter of
+    the variant's family record).
 
     ``kwargs`` go to ``build_model_with_cfg`` (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``feature_cfg``,
     ``cache_dir``, ``features_only``, model arguments, ...); ``sha256`` may be given in the cfg or overlay.
     """
-    if converter is not None:
-        _VARIANT_CONVERTERS[variant] = converter
-        from .models import _registry
-
-        try:
-            _CONVERTERS.setdefault(_registry.family_of(variant), converter)
-        except KeyError:
-            pass
+    if converter is None:
+        converter = get_converter(variant)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     sha256 = overlay.pop("sha256", None)
     cfg_arg = kwargs.pop("pretrained_cfg", None)
@@ -516,6 +498,43 @@ def build_model(
     return model
 
 
+def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` whose pretrained weights always come through visionattn's loader.
+
+    For a visionattn family this is ``timm.create_model`` (its models are built by :func:`build_model`). For a
+    family bound from timm, ``timm.create_model(name, pretrained=True)`` would fetch and unpickle with timm's own
+    loader; here the weights are fetched, verified (sha256) and read (weights_only / safetensors) by
+    :func:`fetch_state_dict`, then handed to timm's build as a state_dict, where timm's converter of the official
+    layout (the family's ``converter``) and ``load_pretrained`` apply as usual. ``pretrained_cfg_overlay`` takes
+    ``file=``, ``url=``, ``hf_hub_id=`` and ``sha256=`` as for our own families.
+    """
+    import timm
+
+    from .models import _registry
+
+    try:
+        family = _registry.get_family(model_name)
+    except KeyError:
+        family = None
+    if not pretrained or family is None or family.source != "timm":
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    sha256 = overlay.pop("sha256", None)
+    cfg_arg = kwargs.pop("pretrained_cfg", None)
+    cfg = resolve_pretrained_cfg(model_name, pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay).to_dict()
+    state_dict = fetch_state_dict(cfg, sha256=sha256, cache_dir=kwargs.get("cache_dir"))
+    model = timm.create_model(
+        model_name,
+        pretrained=True,
+        pretrained_cfg=cfg_arg,
+        # a state_dict source, and no 'source', so that timm reads nothing itself
+        pretrained_cfg_overlay={**overlay, "state_dict": state_dict, "source": None},
+        **kwargs,
+    )
+    model.pretrained_cfg.pop("state_dict", None)
+    return model
+
+
 # ----------------------------------------------------------------------------------------------------------
 # conversion tool
 
@@ -536,9 +555,7 @@ def convert_checkpoint(
     ``hash_name`` the file is renamed ``<stem>-<sha256[:8]><ext>`` (timm's convention, checked on load).
     A ``<dst>.sha256`` file (``sha256sum`` format) is written next to it. Returns (path, sha256).
     """
-    import timm
-
-    model = timm.create_model(model_name, pretrained=False, **dict(model_kwargs or {}))
+    model = create_model(model_name, pretrained=False, **dict(model_kwargs or {}))
     state_dict = convert_state_dict(model_name, load_checkpoint_file(src, sha256=sha256), model)
     hint = (
         "pass the model arguments the checkpoint was trained with (num_classes, depths, embed_dims, ...) as "

@@ -1,10 +1,9 @@
-"""Model families; importing a family module registers its models with timm."""
+"""Model families. Each module declares its family once (``_registry.register_family``); importing it registers
+the family's models with timm (or binds timm's own)."""
 
 from __future__ import annotations
 
-from . import biformer  # noqa: F401
+from . import biformer, davit  # noqa: F401
+from ._registry import DenseRecipe, Family, families, get_family, list_models, register_family  # noqa: E402
 
-# Every family module appends the names it registers here (official names and aliases).
-from ._registry import list_models  # noqa: E402
-
-__all__ = ["list_models"]
+__all__ = ["DenseRecipe", "Family", "families", "get_family", "list_models", "register_family"]

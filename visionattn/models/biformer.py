@@ -23,11 +23,11 @@ from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, regis
 from timm.models._features import feature_take_indices
 
 from visionattn.layers.routing import BiLevelRoutingAttention
-from visionattn.pretrained import build_model, register_converter
+from visionattn.pretrained import build_model
 
-from . import _registry
+from ._registry import DenseRecipe, Family, register_family
 
-__all__ = ["BiFormer", "checkpoint_filter_fn"]
+__all__ = ["BiFormer", "checkpoint_filter_fn", "bra_official_gather"]
 
 
 def _tuple4(value, name: str) -> tuple:
@@ -491,7 +491,6 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiForm
         BiFormer,
         variant,
         pretrained,
-        converter=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )
@@ -538,30 +537,94 @@ def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
     return _create_biformer("biformer_stl", pretrained, **dict(args, **kwargs))
 
 
-@register_model
-def biformer_t(pretrained: bool = False, **kwargs) -> BiFormer:
-    """Alias of biformer_tiny."""
-    return biformer_tiny(pretrained=pretrained, **kwargs)
+# ----------------------------------------------------------------------------------------------------------
+# The official routed gather: BiFormer's own BRA computation, the baseline users run today. The kernel
+# benchmark times it beside visionattn.kernels.bra and the tests use it as an independent reference.
 
 
-@register_model
-def biformer_s(pretrained: bool = False, **kwargs) -> BiFormer:
-    """Alias of biformer_small."""
-    return biformer_small(pretrained=pretrained, **kwargs)
+def to_official_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """visionattn BRA layout to the official one, heads folded into channels head-major.
+
+    q, k: (B, heads, regions, R, d); v: (B, heads, regions, R, dv) -> q (B, regions, R, heads*d),
+    kv (B, regions, R, heads*d + heads*dv).
+    """
+    b, h, n, r, _ = q.shape
+
+    def fold(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(0, 2, 3, 1, 4).reshape(b, n, r, h * t.shape[-1])
+
+    return fold(q), torch.cat([fold(k), fold(v)], dim=-1)
 
 
-@register_model
-def biformer_b(pretrained: bool = False, **kwargs) -> BiFormer:
-    """Alias of biformer_base."""
-    return biformer_base(pretrained=pretrained, **kwargs)
+def from_official_layout(out: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, regions, R, heads*dv) -> (B, heads, regions, R, dv)."""
+    b, n, r, c = out.shape
+    return out.view(b, n, r, heads, c // heads).permute(0, 3, 1, 2, 4)
 
 
-for _name in ("biformer_tiny", "biformer_small", "biformer_base", "biformer_stl"):
-    _registry.add(_name, "biformer")
-register_converter("biformer", checkpoint_filter_fn)
-for _alias, _name in (
-    ("biformer_t", "biformer_tiny"),
-    ("biformer_s", "biformer_small"),
-    ("biformer_b", "biformer_base"),
-):
-    _registry.add_alias(_alias, _name)
+def bra_official_gather_raw(
+    q: torch.Tensor, kv: torch.Tensor, routing: torch.Tensor, heads: int, *, scale: float | None = None
+) -> torch.Tensor:
+    """BRA as BiFormer's official code computes it: ``torch.gather`` on an expanded region view.
+
+    q: (B, regions, R, heads*d); kv: (B, regions, R, heads*(d+dv)); routing: (B, regions, topk)
+    -> (B, regions, R, heads*dv). The K/V view is expanded to (B, regions, regions, R, C) and the index to
+    (B, regions, topk, R, C) before the gather; ``scale`` defaults to d**-0.5.
+    """
+    b, n, r, cq = q.shape
+    c_kv = kv.shape[-1]
+    topk = routing.shape[-1]
+    d, dv = cq // heads, (c_kv - cq) // heads
+    if scale is None:
+        scale = d**-0.5
+    index = routing.long().view(b, n, topk, 1, 1).expand(-1, -1, -1, r, c_kv)
+    picked = torch.gather(kv.view(b, 1, n, r, c_kv).expand(-1, n, -1, -1, -1), dim=2, index=index)
+    k_sel, v_sel = picked.split([cq, c_kv - cq], dim=-1)  # (B, regions, topk, R, C)
+    qh = q.reshape(b * n, r, heads, d).transpose(1, 2)
+    kh = k_sel.reshape(b * n, topk * r, heads, d).permute(0, 2, 3, 1)
+    vh = v_sel.reshape(b * n, topk * r, heads, dv).transpose(1, 2)
+    attn = torch.softmax((qh * scale) @ kh, dim=-1)
+    return (attn @ vh).transpose(1, 2).reshape(b, n, r, heads * dv)
+
+
+def bra_official_gather(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor, *, scale: float | None = None
+) -> torch.Tensor:
+    """:func:`bra_official_gather_raw` with visionattn's ``bra`` signature: (B, heads, regions, R, d) in and out."""
+    qo, kvo = to_official_layout(q, k, v)
+    return from_official_layout(bra_official_gather_raw(qo, kvo, routing, q.shape[1], scale=scale), q.shape[1])
+
+
+def _kernel_cases() -> tuple[dict, ...]:
+    """BiFormer-S's routing stages (heads 2/4/8 of 32 channels, top-k 1/4/16): ImageNet 224 with n_win 7 and
+    ADE20K 512 with n_win 8; ``batch_cuda`` is the GPU batch."""
+    cases = []
+    for size, n_win, batch in ((224, 7, 128), (512, 8, 16)):
+        for stage, (heads, topk) in enumerate(((2, 1), (4, 4), (8, 16))):
+            side = size // 4 // 2**stage
+            cases.append(
+                dict(op="bra", name=f"BiFormer-S s{stage + 1} @{size}", height=side, width=side, heads=heads,
+                     head_dim=32, batch_cuda=batch, regions_side=n_win, topk=topk)
+            )
+    return tuple(cases)
+
+
+register_family(
+    Family(
+        name="biformer",
+        models=("biformer_tiny", "biformer_small", "biformer_base", "biformer_stl"),
+        aliases={"biformer_t": "biformer_tiny", "biformer_s": "biformer_small", "biformer_b": "biformer_base"},
+        converter=checkpoint_filter_fn,
+        params_m={"biformer_tiny": 13.1, "biformer_small": 25.5, "biformer_base": 56.8, "biformer_stl": 28.4},
+        card="model_cards/biformer.md",
+        min_input_size=32,
+        layout="hierarchical",
+        num_stages=4,
+        # one block per stage keeps every block type (routing in stages 1-3, global attention in stage 4)
+        test_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64)),
+        # official dense backbones: a LayerNorm on each output, 16 regions per side for COCO (8 for ADE20K 512)
+        dense=DenseRecipe(out_norm="ln2d", model_kwargs=dict(n_win=16)),
+        kernel_cases=_kernel_cases(),
+        kernel_baselines={"bra": ("official gather", bra_official_gather)},
+    )
+)
