@@ -59,7 +59,8 @@ def test_registered_names_and_aliases():
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
 def test_param_count_matches_official(name):
     n = sum(p.numel() for p in _meta(name).parameters()) / 1e6
-    assert abs(n / OFFICIAL_PARAMS[name] - 1) < 0.005, f"{name}: {n:.3f}M vs official {OFFICIAL_PARAMS[name]}M"
+    # the README claims 0.35 %: BiFormer-T is the farthest, 13.14M against the official 13.1M
+    assert abs(n / OFFICIAL_PARAMS[name] - 1) < 0.0035, f"{name}: {n:.3f}M vs official {OFFICIAL_PARAMS[name]}M"
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
@@ -412,7 +413,10 @@ def test_biformer_tiny_any_size(hw):
 
 
 def _to_official(sd: dict, stl: bool) -> dict:
-    """Our keys -> the official legacy layout, written from the official module tree (facts file, section 1.5)."""
+    """Our keys -> the official legacy layout, written from the official module tree: ``downsample_layers.0`` is
+    the stem Sequential (conv, BN, GELU, conv, BN; STL: conv, BN), ``downsample_layers.{1,2,3}`` the
+    downsampling Sequentials (conv, BN; STL: BN, conv); blocks are ``stages.{i}.{j}`` (STL: ``stages.{i}.blocks.{j}``)
+    with the MLP as a Sequential (fc1 at 0, fc2 at 3; STL: 2)."""
     stem = {"conv": "0", "norm": "1"} if stl else {"conv1": "0", "norm1": "1", "conv2": "3", "norm2": "4"}
     down = {"norm": "0", "conv": "1"} if stl else {"conv": "0", "norm": "1"}
     out = {}
