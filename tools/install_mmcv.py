@@ -9,7 +9,8 @@ need C++20. This script:
    built for the same torch version, Python and ops flavour;
 2. otherwise downloads the mmcv 2.1.0 source distribution with pip, rewrites the ``-std`` flags to
    ``-std=c++20``, and builds a wheel in a throw-away virtual environment that sees the installed
-   torch (a ``.pth`` file naming this environment's site-packages) but has a setuptools that still ships ``pkg_resources``;
+   torch (a ``.pth`` file names this environment's site-packages) but has a setuptools that still
+   ships ``pkg_resources``;
 3. installs the wheel with ``pip --no-deps``.
 
 CPU ops are always built. CUDA ops are built when a GPU is visible and ``nvcc`` exists, or when
@@ -28,9 +29,9 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import zipfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 MMCV_VERSION = "2.1.0"
@@ -93,7 +94,9 @@ def _build(flavour: str, cache: Path, jobs: int) -> Path:
     # A .pth entry is appended after the venv's own site-packages, so its older setuptools still wins.
     site_dir = subprocess.run(
         [vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(site_dir, "visionattn_parent_env.pth").write_text("".join(p + "\n" for p in sorted(ours)))
@@ -104,8 +107,19 @@ def _build(flavour: str, cache: Path, jobs: int) -> Path:
     _run([vpy, "-m", "pip", "install", "-q", "setuptools<70", "wheel"])
     src_dir = work / "src"
     _run(
-        [vpy, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "--no-build-isolation", f"mmcv=={MMCV_VERSION}", "-d", str(src_dir)]
+        [
+            vpy,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            f"mmcv=={MMCV_VERSION}",
+            "-d",
+            str(src_dir),
+        ]
     )
     sdists = glob.glob(str(src_dir / "mmcv-*.tar.gz"))
     if not sdists:
@@ -126,8 +140,11 @@ def _build(flavour: str, cache: Path, jobs: int) -> Path:
     n_sources = len(glob.glob(str(root / "mmcv" / "ops" / "csrc" / "**" / "*.cpp"), recursive=True))
     if flavour == "cuda":
         n_sources += len(glob.glob(str(root / "mmcv" / "ops" / "csrc" / "**" / "*.cu"), recursive=True))
-    print(f"compiling mmcv {MMCV_VERSION} ops ({flavour}, about {n_sources} sources, {jobs} jobs); "
-          "a cold CPU build takes about 20 minutes on 2 cores", flush=True)
+    print(
+        f"compiling mmcv {MMCV_VERSION} ops ({flavour}, about {n_sources} sources, {jobs} jobs); "
+        "a cold CPU build takes 12-20 minutes on 2 quiet cores",
+        flush=True,
+    )
     out_dir = work / "dist"
     cmd = [vpy, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", str(out_dir), str(root)]
     print("+", " ".join(cmd), flush=True)

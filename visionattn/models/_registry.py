@@ -178,8 +178,10 @@ def register_family(family: Family) -> Family:
         unregister_family(family.name)
     missing = [m for m in family.models if not _timm_has(m)]
     if missing:
-        where = "register them with @register_model in the model file first" if family.source == "visionattn" else (
-            "these are not timm models in the installed timm"
+        where = (
+            "register them with @register_model in the model file first"
+            if family.source == "visionattn"
+            else ("these are not timm models in the installed timm")
         )
         raise ValueError(f"family {family.name!r}: {missing} are not registered with timm; {where}")
     for model in family.models:

@@ -603,8 +603,17 @@ def _kernel_cases() -> tuple[dict, ...]:
         for stage, (heads, topk) in enumerate(((2, 1), (4, 4), (8, 16))):
             side = size // 4 // 2**stage
             cases.append(
-                dict(op="bra", name=f"BiFormer-S s{stage + 1} @{size}", height=side, width=side, heads=heads,
-                     head_dim=32, batch_cuda=batch, regions_side=n_win, topk=topk)
+                dict(
+                    op="bra",
+                    name=f"BiFormer-S s{stage + 1} @{size}",
+                    height=side,
+                    width=side,
+                    heads=heads,
+                    head_dim=32,
+                    batch_cuda=batch,
+                    regions_side=n_win,
+                    topk=topk,
+                )
             )
     return tuple(cases)
 
