@@ -12,13 +12,13 @@ convolves the unpadded V. With ``mask_padding=False`` the layer reproduces the o
 bit for bit (zero padding of the input before the qkv projection, nothing masked).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: TorchScript reads the annotations of the ignored kernel call.
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from visionattn.kernels import bra
 
@@ -50,6 +50,9 @@ def _from_regions(t: torch.Tensor, n_win: int, rh: int, rw: int) -> torch.Tensor
     return t.permute(0, 2, 4, 3, 5, 1, 6).reshape(b, n_win * rh, n_win * rw, heads * d)
 
 
+# FX traces through models as a leaf (region sizes and padding depend on the input size, which symbolic tracing
+# cannot branch on); TorchScript compiles it, calling the kernel dispatch in Python.
+@register_notrace_module
 class BiLevelRoutingAttention(nn.Module):
     """Bi-level routing attention with LePE; (B, H, W, C) -> (B, H, W, C).
 
@@ -121,7 +124,6 @@ class BiLevelRoutingAttention(nn.Module):
             return torch.zeros_like(v)
         return self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
-    @torch.no_grad()
     def _route(
         self, q: torch.Tensor, k: torch.Tensor, real: torch.Tensor | None, rh: int, rw: int, topk: int
     ) -> torch.Tensor:
@@ -129,34 +131,52 @@ class BiLevelRoutingAttention(nn.Module):
 
         q, k: (B, Hp, Wp, qk_dim); real: (Hp, Wp) bool or None (True = real token) -> (B, n_win**2, topk) int64.
         """
-        b, s = q.shape[0], self.n_win
-        q = q.view(b, s, rh, s, rw, -1)
-        k = k.view(b, s, rh, s, rw, -1)
-        if real is None:
-            q_win, k_win = q.mean((2, 4)), k.mean((2, 4))
-            empty = None
-        else:
-            w = real.view(1, s, rh, s, rw, 1).to(q.dtype)
-            count = w.sum((2, 4))
-            empty = (count == 0).view(1, 1, s * s)
-            count = count.clamp(min=1)
-            q_win, k_win = (q * w).sum((2, 4)) / count, (k * w).sum((2, 4)) / count
-        logits = (q_win.reshape(b, s * s, -1) * self.scale) @ k_win.reshape(b, s * s, -1).transpose(-1, -2)
-        if empty is not None:
-            # topk is clipped to the regions holding real tokens, so -inf is never selected.
-            logits = logits.masked_fill(empty, float("-inf"))
-        return logits.topk(topk, dim=-1).indices
+        with torch.no_grad():
+            b, s = q.shape[0], self.n_win
+            q = q.view(b, s, rh, s, rw, -1)
+            k = k.view(b, s, rh, s, rw, -1)
+            if real is None:
+                q_win, k_win = q.mean((2, 4)), k.mean((2, 4))
+                logits = (q_win.reshape(b, s * s, -1) * self.scale) @ k_win.reshape(b, s * s, -1).transpose(-1, -2)
+            else:
+                w = real.view(1, s, rh, s, rw, 1).to(q.dtype)
+                count = w.sum((2, 4))
+                empty = (count == 0).view(1, 1, s * s)
+                count = count.clamp(min=1)
+                q_win, k_win = (q * w).sum((2, 4)) / count, (k * w).sum((2, 4)) / count
+                logits = (q_win.reshape(b, s * s, -1) * self.scale) @ k_win.reshape(b, s * s, -1).transpose(-1, -2)
+                # topk is clipped to the regions holding real tokens, so -inf is never selected.
+                logits = logits.masked_fill(empty, float("-inf"))
+            return logits.topk(topk, dim=-1).indices
+
+    @torch.jit.ignore
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        routing: torch.Tensor,
+        key_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The token attention through the kernel dispatch (Python: Triton launches and autograd Functions).
+
+        q, k: (B, heads, regions, R, qk_dim / heads); v: (B, heads, regions, R, dim / heads) -> like v.
+        """
+        return bra(q, k, v, routing, scale=self.scale, key_padding_mask=key_mask, backend=self.backend)
 
     def forward(self, x: torch.Tensor, return_routing: bool = False):
-        """(B, H, W, C) -> (B, H, W, C); with ``return_routing`` also the (B, n_win**2, topk) region indices."""
+        """(B, H, W, C) -> (B, H, W, C); with ``return_routing`` also the (B, n_win**2, topk) region indices
+        (eager only: a TorchScript-compiled layer returns the map alone)."""
         if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must be (B, H, W, C={self.dim}) channels-last, got shape {tuple(x.shape)}")
-        b, h, w, _ = x.shape
+            shape = ", ".join([str(n) for n in x.shape])
+            raise ValueError(f"x must be (B, H, W, C={self.dim}) channels-last, got shape ({shape})")
+        b, h, w = x.shape[0], x.shape[1], x.shape[2]
         s = self.n_win
         rh, rw, hp, wp = region_grid(h, w, s)
         pad_b, pad_r = hp - h, wp - w
         padded = pad_b > 0 or pad_r > 0
-        real = key_mask = None
+        real: torch.Tensor | None = None
+        key_mask: torch.Tensor | None = None
 
         if self.mask_padding:
             q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
@@ -164,9 +184,10 @@ class BiLevelRoutingAttention(nn.Module):
             topk = min(self.topk, math.ceil(h / rh) * math.ceil(w / rw))
             if padded:
                 q, k, v = _pad_hw(q, pad_b, pad_r), _pad_hw(k, pad_b, pad_r), _pad_hw(v, pad_b, pad_r)
-                real = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
-                real[:h, :w] = True
-                key_mask = real.view(s, rh, s, rw).transpose(1, 2).reshape(1, s * s, rh * rw).expand(b, -1, -1)
+                real_hw = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
+                real_hw[:h, :w] = True
+                key_mask = real_hw.view(s, rh, s, rw).transpose(1, 2).reshape(1, s * s, rh * rw).expand(b, -1, -1)
+                real = real_hw
         else:
             # Official auto_pad: zero-pad the input, so padded tokens carry the qkv bias and are never masked.
             if padded:
@@ -177,15 +198,13 @@ class BiLevelRoutingAttention(nn.Module):
 
         routing = self._route(q, k, real, rh, rw, topk)
         m = self.num_heads
-        out = bra(
-            _to_regions(q, s, rh, rw, m),
-            _to_regions(k, s, rh, rw, m),
-            _to_regions(v, s, rh, rw, m),
-            routing,
-            scale=self.scale,
-            key_padding_mask=key_mask,
-            backend=self.backend,
+        out = self._attend(
+            _to_regions(q, s, rh, rw, m), _to_regions(k, s, rh, rw, m), _to_regions(v, s, rh, rw, m), routing, key_mask
         )
         out = _from_regions(out, s, rh, rw)[:, :h, :w]
         out = self.proj_drop(self.proj(out + lepe))
-        return (out, routing) if return_routing else out
+        if not torch.jit.is_scripting():
+            # TorchScript needs one return type; the routing is an eager-mode debugging aid.
+            if return_routing:
+                return out, routing
+        return out

@@ -22,6 +22,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from visionattn.layers.input_size import check_input_size
 from visionattn.layers.routing import BiLevelRoutingAttention
 from visionattn.pretrained import build_model
 
@@ -39,11 +40,21 @@ def _tuple4(value, name: str) -> tuple:
     return (value,) * 4
 
 
-class ConvStem(nn.Module):
-    """Two overlapping 3x3 stride-2 convs (BiFormer-T/S/B); (B, 3, H, W) -> (B, C, ceil(H/4), ceil(W/4))."""
+# Smallest input side of every BiFormer: the STL stem and patch-merging downsamplings floor each side by 32,
+# so a side below 32 px leaves the last downsampling nothing to convolve. T/S/B (padded convs) are held to the
+# same rule, so that the whole family has one size rule, the one its record states.
+MIN_INPUT_SIZE = 32
 
-    def __init__(self, in_chs: int, out_chs: int):
+
+class ConvStem(nn.Module):
+    """Two overlapping 3x3 stride-2 convs (BiFormer-T/S/B); (B, 3, H, W) -> (B, C, ceil(H/4), ceil(W/4)).
+
+    Checks the input against the family's size rule (each side >= ``min_input_size``) with a clear error.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, min_input_size: int = MIN_INPUT_SIZE):
         super().__init__()
+        self.min_input_size = min_input_size
         self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1)
         self.norm1 = nn.BatchNorm2d(out_chs // 2)
         self.act = nn.GELU()
@@ -51,18 +62,24 @@ class ConvStem(nn.Module):
         self.norm2 = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input_size(x, self.min_input_size)
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
 class PatchStem(nn.Module):
-    """4x4 stride-4 patchify conv + BN (BiFormer-STL); (B, 3, H, W) -> (B, C, floor(H/4), floor(W/4))."""
+    """4x4 stride-4 patchify conv + BN (BiFormer-STL); (B, 3, H, W) -> (B, C, floor(H/4), floor(W/4)).
 
-    def __init__(self, in_chs: int, out_chs: int):
+    Checks the input against the family's size rule (each side >= ``min_input_size``) with a clear error.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, min_input_size: int = MIN_INPUT_SIZE):
         super().__init__()
+        self.min_input_size = min_input_size
         self.conv = nn.Conv2d(in_chs, out_chs, 4, stride=4)
         self.norm = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input_size(x, self.min_input_size)
         return self.norm(self.conv(x))
 
 
