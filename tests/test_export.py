@@ -1,27 +1,42 @@
-"""ONNX export: every registered model against onnxruntime, and BRA graphs without Expand-fed gathers."""
+"""ONNX export: every family's smallest model and every registered model against onnxruntime, and graphs
+without Expand-fed gathers. The families, their test kwargs and the input sizes come from the family records."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 from visionattn.kernels import bra
 
 import visionattn
-from visionattn.models.biformer import bra_official_gather as bra_official_gather_ours_layout
 from visionattn.export import OnnxMismatchError, check_onnx, export_onnx, find_expand_fed_gathers, require_onnx
-from visionattn.models._registry import family_of
+from visionattn.layers.routing import BiLevelRoutingAttention
+from visionattn.models import families, get_family
 
 onnx = pytest.importorskip("onnx", reason="ONNX tests need the onnx extra: pip install visionattn[onnx]")
 pytest.importorskip("onnxruntime", reason="ONNX tests need the onnx extra: pip install visionattn[onnx]")
 
 ROOT = Path(__file__).resolve().parents[1]
-# Small kwargs that keep each family's structure (every stage, routing in stages 1-3) but few blocks.
-SMALL = {"biformer": dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64))}
+FAMILIES = {f.name: f for f in families()}
+
+
+def record_sizes(family, side: int) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """An export size near ``side`` and a second, non-square size, both within the family's size rule
+    (a fixed-size family: its pretrained cfg's size and no second size)."""
+    if family.fixed_input_size:
+        return tuple(timm.models.get_pretrained_cfg(family.smallest).input_size), None
+    m = family.input_multiple
+    base = math.ceil(max(side, family.min_input_size) / m) * m
+    step = m if m > 1 else 16
+    first, second = (3, base, base), (3, base + 2 * step, base + step)
+    assert family.accepts(*first[1:]) and family.accepts(*second[1:])
+    return first, second
 
 
 class TinyBRA(nn.Module):
@@ -44,8 +59,15 @@ class TinyBRA(nn.Module):
         q, k, v = (regions(t) for t in self.qkv(x).chunk(3, dim=1))
         q_r, k_r = (t.mean(3).transpose(1, 2).flatten(2) for t in (q, k))
         routing = (q_r @ k_r.transpose(1, 2)).topk(self.topk, dim=-1).indices
-        out = bra_official_gather_ours_layout(q, k, v, routing) if self.official else bra(q, k, v, routing)
+        out = _official_bra()(q, k, v, routing) if self.official else bra(q, k, v, routing)
         return out.flatten(2).mean(-1)
+
+
+def _official_bra():
+    """The official expand+gather BRA, as the family that declares it records it (the benchmark baseline)."""
+    baselines = [f.kernel_baselines["bra"][1] for f in families() if "bra" in f.kernel_baselines]
+    assert baselines, "no family records an official 'bra' baseline"
+    return baselines[0]
 
 
 def _data_gathers(path) -> list:
@@ -114,24 +136,41 @@ def test_bad_arguments(tmp_path):
         export_onnx("no_such_model_xyz", tmp_path / "x.onnx")
 
 
-def test_biformer_small_config_exports_at_two_sizes(tmp_path):
-    """biformer_tiny with one block per stage at 64x64 (regions padded and masked) and 96x80."""
-    report = export_onnx(
-        "biformer_tiny", tmp_path / "bt.onnx", (3, 64, 64), extra_sizes=[(3, 96, 80)], model_kwargs=SMALL["biformer"]
-    )
-    assert [Path(p).name for p in report.paths] == ["bt.onnx", "bt_96x80.onnx"]
-    assert [(c.batch, c.input_size[1:]) for c in report.checks] == [
-        (2, (64, 64)),
-        (3, (64, 64)),
-        (2, (96, 80)),
-        (3, (96, 80)),
-    ]
-    assert all(c.ok for c in report.checks)
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_smallest_model_exports(name, tmp_path):
+    """Each family's smallest model with its test kwargs, at two sizes its size rule allows (batch 2 and 3 each),
+    within 1e-4 of PyTorch and without Expand-fed gathers."""
+    family = FAMILIES[name]
+    size, second = record_sizes(family, 64)
+    extra = [second] if second else []
+    model = family.smallest
+    report = export_onnx(model, tmp_path / "m.onnx", size, extra_sizes=extra, model_kwargs=dict(family.test_kwargs))
+    stems = ["m.onnx"] + [f"m_{s[1]}x{s[2]}.onnx" for s in extra]
+    assert [Path(p).name for p in report.paths] == stems
+    assert [(c.batch, c.input_size) for c in report.checks] == [(b, s) for s in [size, *extra] for b in (2, 3)]
+    assert all(c.ok and c.max_abs_err <= 1e-4 for c in report.checks)
     for p in report.paths:
-        assert find_expand_fed_gathers(p) == []
-    # the padding mask (64x64 input: 16x16 tokens in 7x7 regions of 3x3) is only broadcast over the batch
-    strict = find_expand_fed_gathers(report.paths[0], allow_batch_broadcast=False)
-    assert strict and all(h.endswith("-> (2, 49, 9)") for h in strict if "stages.0" in h), strict
+        assert find_expand_fed_gathers(p) == [], p
+
+
+def test_bra_layer_padding_mask_is_only_broadcast_over_the_batch(tmp_path):
+    """BRA on a map its regions do not divide (16x16 tokens in 7x7 regions of 3x3): the padding mask is the one
+    Expand-fed gather input, and it only grows along the batch axis."""
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=7, topk=4).eval()
+
+    class Nchw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = layer
+
+        def forward(self, x):
+            return self.attn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    report = export_onnx(Nchw(), tmp_path / "bra_layer.onnx", (32, 16, 16), batch=2)
+    assert all(c.ok for c in report.checks)
+    assert find_expand_fed_gathers(report.path) == []
+    strict = find_expand_fed_gathers(report.path, allow_batch_broadcast=False)
+    assert strict and all(h.endswith("-> (2, 49, 9)") for h in strict), strict
 
 
 @pytest.mark.slow
@@ -144,12 +183,14 @@ def test_dynamo_exporter(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", visionattn.list_models())
 def test_export_registered_model(name, tmp_path):
-    """Full-size model at 224 (batch 2 and 3) and at 256x192, within 1e-4 of PyTorch."""
-    report = export_onnx(name, tmp_path / f"{name}.onnx", (3, 224, 224), extra_sizes=[(3, 256, 192)])
-    assert len(report.checks) == 4 and all(c.ok for c in report.checks)
-    if family_of(name) == "biformer":
-        for p in report.paths:
-            assert find_expand_fed_gathers(p) == []
+    """Full-size model at 224 (or its fixed size) and at a second size its family allows, batch 2 and 3 each,
+    within 1e-4 of PyTorch (routing near-ties redrawn, see check_onnx), and without Expand-fed gathers."""
+    size, second = record_sizes(get_family(name), 224)
+    extra = [second] if second else []
+    report = export_onnx(name, tmp_path / f"{name}.onnx", size, extra_sizes=extra)
+    assert len(report.checks) == 2 * (1 + len(extra)) and all(c.ok for c in report.checks)
+    for p in report.paths:
+        assert find_expand_fed_gathers(p) == [], p
 
 
 def test_cli(tmp_path, capsys):
@@ -167,8 +208,9 @@ def test_cli(tmp_path, capsys):
         "--check-size",
         "48",
         "40",
-        "--kwargs",
+        "--model-kwargs",
         "num_classes=7",
+        "drop_rate=0.0",
     ]
     assert cli.main(args) == 0
     assert out.exists() and (tmp_path / "m_48x40.onnx").exists()
