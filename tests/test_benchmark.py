@@ -125,9 +125,9 @@ def test_cpu_peak_bytes_hand_checked():
 
 
 def test_measured_ceilings_hand_checked(monkeypatch):
-    clock = ScriptedClock([0.001, 0.002])  # the copy, then the matmul
+    clock = ScriptedClock([0.003, 0.001, 0.002, 0.004, 0.002, 0.005])  # 3 copies, then 3 matmuls: the fastest count
     monkeypatch.setattr(timing, "clock", clock)
-    c = bench.measure_ceilings("cpu", "float32", copy_bytes=2**20, matmul_size=64, iters=1, warmup=0)
+    c = bench.measure_ceilings("cpu", "float32", copy_bytes=2**20, matmul_size=64, iters=3, warmup=0)
     assert not clock.durations
     assert c.bandwidth == pytest.approx(2 * 2**20 / 0.001)  # 1 MiB read + 1 MiB written in 1 ms
     assert c.flops == pytest.approx(2 * 64**3 / 0.002)

@@ -101,17 +101,22 @@ def time_ms(
     iters: int,
     warmup: int,
     grads: Sequence[torch.Tensor] | None = None,
+    stat: str = "median",
 ) -> float:
-    """Median milliseconds per call: ``triton.testing.do_bench`` on CUDA (it flushes the L2 cache between
-    calls and clears ``grads``), else the median of :func:`time_calls`."""
+    """Milliseconds per call, the median (or with ``stat="min"`` the fastest) of the timed calls:
+    ``triton.testing.do_bench`` on CUDA (it flushes the L2 cache between calls and clears ``grads``), else
+    :func:`time_calls`."""
+    if stat not in ("median", "min"):
+        raise ValueError(f"stat={stat!r} is not 'median' or 'min'")
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
         except ImportError:
             pass
         else:
-            return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode="median"))
-    return statistics.median(time_calls(fn, device, iters, warmup)) * 1e3
+            return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode=stat))
+    times = time_calls(fn, device, iters, warmup)
+    return (min(times) if stat == "min" else statistics.median(times)) * 1e3
 
 
 def p90(xs: Sequence[float]) -> float:
@@ -238,7 +243,8 @@ def measure_ceilings(
 ) -> Ceilings:
     """Measure what is not given: bandwidth from copying ``copy_bytes`` (default 1 GiB on CUDA, 256 MiB on
     CPU: beyond the caches), counting the bytes read plus the bytes written; matmul FLOP/s from an
-    ``n x n @ n x n`` product in ``dtype`` (default n 8192 on CUDA, 2048 on CPU), counting ``2 n^3``."""
+    ``n x n @ n x n`` product in ``dtype`` (default n 8192 on CUDA, 2048 on CPU), counting ``2 n^3``.
+    Each uses the fastest of ``iters`` calls: a ceiling is the best rate the device reached."""
     device = torch.device(device)
     dt = dtype_from_name(dtype)
     bw_how = fl_how = "given"
@@ -246,7 +252,7 @@ def measure_ceilings(
         nbytes = copy_bytes or (2**30 if device.type == "cuda" else 2**28)
         src = torch.empty(nbytes // 4, device=device, dtype=torch.float32).fill_(1.0)
         dst = torch.empty_like(src)
-        ms = time_ms(lambda: dst.copy_(src), device, iters, warmup)
+        ms = time_ms(lambda: dst.copy_(src), device, iters, warmup, stat="min")
         bandwidth = 2 * src.nbytes / (ms / 1e3)
         bw_how = f"measured: {src.nbytes / 2**20:.0f} MiB {device.type} copy, read + write"
         del src, dst
@@ -254,7 +260,7 @@ def measure_ceilings(
         n = matmul_size or (8192 if device.type == "cuda" else 2048)
         a = torch.randn(n, n, device=device).to(dt)
         b = torch.randn(n, n, device=device).to(dt)
-        ms = time_ms(lambda: a @ b, device, iters, warmup)
+        ms = time_ms(lambda: a @ b, device, iters, warmup, stat="min")
         flops = 2 * n**3 / (ms / 1e3)
         fl_how = f"measured: {n}^3 {dtype_name(dt)} matmul"
         del a, b
