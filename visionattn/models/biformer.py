@@ -9,8 +9,8 @@ attention unless ``mask_padding=False``, which reproduces the official ``auto_pa
 ``reset_classifier``, timm's feature / intermediate / grad-checkpointing API, ``n_win`` as a model argument.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FX writes the forward annotations into the traced code, which
+# TorchScript then compiles (timm scripts FX-traced models), so they must be real types, not strings.
 import re
 from collections.abc import Sequence
 
