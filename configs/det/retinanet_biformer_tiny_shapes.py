@@ -4,13 +4,25 @@
 #   python tools/test.py configs/det/retinanet_biformer_tiny_shapes.py work_dirs/retinanet_biformer_tiny_shapes/iter_800.pth
 # 64 px images with 1-3 circles / squares / triangles of 12-24 px, class hues within 90 degrees of their own (see
 # the seg config); reports COCO bbox mAP.
-custom_imports = dict(imports=["mmdet.datasets", "visionattn.dense", "visionattn.dense.shapes"], allow_failed_imports=False)
+_base_ = ["../_base_/backbones/biformer_tiny.py"]
+custom_imports = dict(
+    imports=["mmdet.datasets", "visionattn.dense", "visionattn.dense.shapes"], allow_failed_imports=False
+)
 default_scope = "mmdet"
 
 data_root = "data/shapes_demo"
 # ShapesSpec settings: the dataset writes data_root with them where it is missing (tools/make_shapes.py does the same).
-shapes = dict(img_size=64, num_train=1000, num_val=100, min_objects=1, max_objects=3, min_size=12.0,
-              max_size=24.0, hue_spread=90.0, seed=0)
+shapes = dict(
+    img_size=64,
+    num_train=1000,
+    num_val=100,
+    min_objects=1,
+    max_objects=3,
+    min_size=12.0,
+    max_size=24.0,
+    hue_spread=90.0,
+    seed=0,
+)
 img_size = 64
 max_iters = 800
 batch_size = 16
@@ -25,14 +37,12 @@ model = dict(
         pad_size_divisor=32,
     ),
     backbone=dict(
-        type="VisionAttnBackbone",
-        model_name="biformer_tiny",
+        _base_.backbone,
         # 64 px -> 16/8/4/2 px maps, 4 regions per side in the routing stages (as the seg demo).
         model_kwargs=dict(n_win=4, drop_path_rate=0.0),
         out_indices=(1, 2, 3),
-        out_norm="ln2d",
     ),
-    neck=dict(type="FPN", in_channels=[128, 256, 512], out_channels=96, start_level=0, num_outs=3),
+    neck=dict(type="FPN", in_channels=_base_.backbone_channels[1:], out_channels=96, start_level=0, num_outs=3),
     bbox_head=dict(
         type="RetinaHead",
         num_classes=3,
@@ -41,7 +51,11 @@ model = dict(
         feat_channels=96,
         # Anchors of 16-25 px at stride 8 and 32-50 px at stride 16 cover the 12-36 px boxes.
         anchor_generator=dict(
-            type="AnchorGenerator", octave_base_scale=2, scales_per_octave=3, ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32]
+            type="AnchorGenerator",
+            octave_base_scale=2,
+            scales_per_octave=3,
+            ratios=[0.5, 1.0, 2.0],
+            strides=[8, 16, 32],
         ),
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0, 0.0, 0.0, 0.0], target_stds=[1.0, 1.0, 1.0, 1.0]),
         loss_cls=dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
@@ -54,7 +68,9 @@ model = dict(
         pos_weight=-1,
         debug=False,
     ),
-    test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=20),
+    test_cfg=dict(
+        nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=20
+    ),
 )
 
 train_pipeline = [
@@ -102,7 +118,9 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="CocoMetric", ann_file=data_root + "/annotations/instances_val.json", metric="bbox", format_only=False)
+val_evaluator = dict(
+    type="CocoMetric", ann_file=data_root + "/annotations/instances_val.json", metric="bbox", format_only=False
+)
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(
@@ -127,7 +145,9 @@ default_hooks = dict(
     sampler_seed=dict(type="DistSamplerSeedHook"),
     visualization=dict(type="DetVisualizationHook"),
 )
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="gloo"))
+env_cfg = dict(
+    cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="gloo")
+)
 vis_backends = [dict(type="LocalVisBackend")]
 visualizer = dict(type="DetLocalVisualizer", vis_backends=vis_backends, name="visualizer")
 log_processor = dict(by_epoch=False)

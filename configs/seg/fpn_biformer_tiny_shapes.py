@@ -6,13 +6,25 @@
 # background, so predicting background everywhere scores mIoU ~0.22. Each class's hue lies within 90 degrees of
 # its own, so colour narrows the class down to two and the outline decides: this keeps a from-scratch model
 # far above chance within ~10 CPU minutes (tools/make_shapes.py --hard makes the harder set).
-custom_imports = dict(imports=["mmseg.datasets", "visionattn.dense", "visionattn.dense.shapes"], allow_failed_imports=False)
+_base_ = ["../_base_/backbones/biformer_tiny.py"]
+custom_imports = dict(
+    imports=["mmseg.datasets", "visionattn.dense", "visionattn.dense.shapes"], allow_failed_imports=False
+)
 default_scope = "mmseg"
 
 data_root = "data/shapes_demo"
 # ShapesSpec settings: the dataset writes data_root with them where it is missing (tools/make_shapes.py does the same).
-shapes = dict(img_size=64, num_train=1000, num_val=100, min_objects=1, max_objects=3, min_size=12.0,
-              max_size=24.0, hue_spread=90.0, seed=0)
+shapes = dict(
+    img_size=64,
+    num_train=1000,
+    num_val=100,
+    min_objects=1,
+    max_objects=3,
+    min_size=12.0,
+    max_size=24.0,
+    hue_spread=90.0,
+    seed=0,
+)
 img_size = 64
 max_iters = 800
 batch_size = 16
@@ -30,15 +42,13 @@ model = dict(
         size=(img_size, img_size),
     ),
     backbone=dict(
-        type="VisionAttnBackbone",
-        model_name="biformer_tiny",
+        _base_.backbone,
         # 64 px -> 16/8/4/2 px maps; 4 regions per side (of 4x4, 2x2, 1x1 tokens in stages 1-3) keep routing
         # a real choice in stages 1-2; stage 4 attends globally.
         model_kwargs=dict(n_win=4, drop_path_rate=0.0),
         out_indices=(0, 1, 2, 3),
-        out_norm="ln2d",
     ),
-    neck=dict(type="FPN", in_channels=[64, 128, 256, 512], out_channels=64, num_outs=4),
+    neck=dict(type="FPN", in_channels=_base_.backbone_channels, out_channels=64, num_outs=4),
     decode_head=dict(
         type="FPNHead",
         in_channels=[64, 64, 64, 64],
@@ -117,7 +127,9 @@ default_hooks = dict(
     sampler_seed=dict(type="DistSamplerSeedHook"),
     visualization=dict(type="SegVisualizationHook"),
 )
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="gloo"))
+env_cfg = dict(
+    cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="gloo")
+)
 vis_backends = [dict(type="LocalVisBackend")]
 visualizer = dict(type="SegLocalVisualizer", vis_backends=vis_backends, name="visualizer")
 log_processor = dict(by_epoch=False)

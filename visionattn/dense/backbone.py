@@ -3,9 +3,12 @@
 ``VisionAttnBackbone`` builds the trunk with timm's ``features_only`` machinery (``FeatureListNet`` for
 models with a sequential feature layout, ``FeatureGetterNet`` for models that implement
 ``forward_intermediates``), so every family plugs in without code here. It adds what the dense frameworks
-expect of a backbone: a tuple of NCHW maps, an optional LayerNorm2d on each output (BiFormer's official
-dense recipe), frozen stages, BatchNorm kept in eval mode, and ``init_cfg=dict(type='Pretrained', ...)``
-loading through the family's official-checkpoint converter.
+expect of a backbone: a tuple of NCHW maps, an optional LayerNorm2d on each output, a simple feature pyramid
+for isotropic models (strides 4/8/16/32 from one map, ViTDet style), frozen stages, BatchNorm kept in eval
+mode, and ``init_cfg=dict(type='Pretrained', ...)`` loading through the family's official-checkpoint converter.
+
+Defaults are neutral; what a family's official dense code changes (an output norm, model arguments) comes
+from its record (``visionattn.get_family(name).dense``), so nothing here names a family.
 
 The class is registered in mmengine's root ``MODELS`` registry (which mmdet's and mmseg's registries fall
 back to) and, when those packages import, in ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` too.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +27,8 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import LayerNorm2d
+
+from .pyramid import SimplePyramid
 
 MM_HINT = (
     "pip install visionattn[mm] (mmengine, mmdet, mmsegmentation); mmdet and mmseg need mmcv 2.1.0 with "
@@ -36,7 +42,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"visionattn.dense needs mmengine: {MM_HINT}") from e
 
 _logger = logging.getLogger(__name__)
-_OUT_NORMS = ("ln2d", "none")
+_OUT_NORMS = ("none", "ln2d")
 
 
 def require_mm(package: str) -> Any:
@@ -58,32 +64,90 @@ def _feature_module(trunk: nn.Module, name: str) -> nn.Module:
     raise ValueError(f"feature module {name!r} is not part of the trunk (looked for {candidates})")
 
 
+def dense_recipe(model_name: str):
+    """The family record's dense recipe for ``model_name`` (a model name or alias), or None for a timm model that
+    no visionattn family declares."""
+    from visionattn.models import get_family
+
+    try:
+        return get_family(model_name).dense
+    except KeyError:
+        return None
+
+
+def resolve_dense_args(
+    model_name: str, model_kwargs: dict | None = None, out_norm: str | None = None, recipe: bool = True
+) -> tuple[dict, str]:
+    """The model kwargs and output norm the adapter uses for ``model_name``.
+
+    With ``recipe=True`` the family's dense recipe fills in what the caller leaves open: its ``model_kwargs``
+    (the arguments the official dense code changes) under the caller's ``model_kwargs`` (the caller wins), and
+    its ``out_norm`` when ``out_norm`` is None. Models outside any family, and ``recipe=False``, get the neutral
+    defaults: no extra kwargs, no output norm.
+    """
+    found = dense_recipe(model_name) if recipe else None
+    kwargs = dict(found.model_kwargs) if found is not None else {}
+    kwargs.update(model_kwargs or {})
+    if out_norm is None:
+        out_norm = found.out_norm if found is not None else "none"
+    if out_norm not in _OUT_NORMS:
+        raise ValueError(
+            f"out_norm={out_norm!r} is not one of {_OUT_NORMS}; use 'ln2d', 'none' or None (the family's recipe)"
+        )
+    return kwargs, out_norm
+
+
+def _is_isotropic(model_name: str, info: Sequence[dict]) -> bool:
+    from visionattn.models import get_family
+
+    try:
+        if get_family(model_name).layout == "isotropic":
+            return True
+    except KeyError:
+        pass
+    return len({f["reduction"] for f in info}) == 1
+
+
 class VisionAttnBackbone(BaseModule):
     """Any registered timm / visionattn model as an mmdet / mmseg backbone.
 
     Args:
-        model_name: a timm model name (``visionattn.list_models()`` lists ours), e.g. ``"biformer_small"``.
-        model_kwargs: passed to ``timm.create_model`` (e.g. ``dict(n_win=16, drop_path_rate=0.2)``).
-        out_indices: feature indices to return (timm's ``feature_info`` indices).
-        out_norm: ``"ln2d"`` puts a LayerNorm2d on each returned map (applied to the output only, not fed
-            forward, as in BiFormer's official dense backbones); ``"none"`` returns the maps as they are.
+        model_name: a timm model name (``visionattn.list_models()`` lists ours), e.g. ``"resnet50"``.
+        model_kwargs: passed to ``timm.create_model`` (e.g. ``dict(drop_path_rate=0.2)``), over the
+            family's dense recipe (``visionattn.get_family(model_name).dense.model_kwargs``).
+        out_indices: levels to return, indices into :attr:`level_strides` (the trunk's ``feature_info`` entries,
+            or the pyramid's levels when there is a pyramid); None returns every level.
+        out_norm: None takes the family's dense recipe (``"none"`` for models outside any family); ``"ln2d"``
+            puts a LayerNorm2d on each returned trunk map (applied to the output only, not fed forward);
+            ``"none"`` returns the maps as they are. With a pyramid, the norm is on the map the pyramid reads.
+        recipe: False ignores the family's dense recipe (neutral defaults: no extra kwargs, no output norm).
+        pyramid: build a simple feature pyramid (ViTDet style, :class:`~visionattn.dense.pyramid.SimplePyramid`)
+            from the trunk's last map. None (default): for isotropic models (the family's ``layout`` is
+            ``"isotropic"``, or every ``feature_info`` stride is the same); True / False force it on / off.
+        pyramid_strides: the pyramid's levels (strides relative to the image).
+        pyramid_channels: the pyramid's output channels, one int for every level or one per level.
         norm_eval: keep every BatchNorm in eval mode (frozen running statistics) while training.
         frozen_stages: ``-1`` freezes nothing; ``0`` freezes the stem (everything before feature 0);
-            ``k > 0`` freezes the stem and features ``0 .. k-1`` (parameters get ``requires_grad=False``
+            ``k > 0`` freezes the stem and trunk features ``0 .. k-1`` (parameters get ``requires_grad=False``
             and the modules stay in eval mode).
         init_cfg: ``dict(type='Pretrained', checkpoint=path)`` loads a classification checkpoint (official
             layouts are converted by the family's converter); add ``prefix='backbone.'`` to take this
             backbone's weights out of a full mmdet / mmseg checkpoint. Other mmengine init configs pass through.
 
-    Forward: ``(B, 3, H, W)`` -> tuple of ``(B, C_i, H / s_i, W / s_i)``, one per ``out_indices`` entry.
+    Forward: ``(B, 3, H, W)`` -> tuple of ``(B, C_i, H / s_i, W / s_i)``, one per ``out_indices`` entry
+    (:attr:`channels`, :attr:`strides`).
     """
 
     def __init__(
         self,
         model_name: str,
         model_kwargs: dict | None = None,
-        out_indices: Sequence[int] = (0, 1, 2, 3),
-        out_norm: str = "ln2d",
+        out_indices: Sequence[int] | None = None,
+        out_norm: str | None = None,
+        recipe: bool = True,
+        pyramid: bool | None = None,
+        pyramid_strides: Sequence[int] = (4, 8, 16, 32),
+        pyramid_channels: int | Sequence[int] = 256,
         norm_eval: bool = False,
         frozen_stages: int = -1,
         init_cfg: dict | list | None = None,
@@ -94,30 +158,61 @@ class VisionAttnBackbone(BaseModule):
                 f"model_name={model_name!r} is not a registered timm model; pick one of visionattn.list_models() "
                 f"or timm.list_models() (import visionattn first so its models are registered)"
             )
-        if out_norm not in _OUT_NORMS:
-            raise ValueError(f"out_norm={out_norm!r} is not one of {_OUT_NORMS}; use 'ln2d' or 'none'")
-        model_kwargs = dict(model_kwargs or {})
+        if model_kwargs is not None and not isinstance(model_kwargs, dict):
+            raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}: {model_kwargs!r}")
         for key in ("features_only", "out_indices", "pretrained"):
-            if key in model_kwargs:
+            if key in (model_kwargs or {}):
                 raise ValueError(
                     f"model_kwargs[{key!r}] is set by VisionAttnBackbone; pass out_indices as its own argument "
                     f"and pretrained weights through init_cfg=dict(type='Pretrained', checkpoint=...)"
                 )
+        model_kwargs, out_norm = resolve_dense_args(model_name, model_kwargs, out_norm, recipe)
         self.model_name = model_name
         self.model_kwargs = model_kwargs
-        self.out_indices = tuple(int(i) for i in out_indices)
-        self.trunk = self._create_trunk(pretrained_file=None)
+        self.out_norm = out_norm
 
-        info = self.trunk.feature_info
-        self.num_features = len(info.info)
-        # channels / strides of the returned maps, in out_indices order
-        self.channels: list[int] = list(info.channels())
-        self.strides: list[int] = list(info.reduction())
-        self.nhwc = str(getattr(self.trunk, "output_fmt", "NCHW")).endswith("NHWC")
-        if out_norm == "ln2d":
-            self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.channels)
+        # feature_info before building the trunk (on the meta device: no memory, no initialisation)
+        with torch.device("meta"):
+            info = list(timm.create_model(model_name, **model_kwargs).feature_info)
+        self.num_features = len(info)
+        if pyramid is None:
+            pyramid = _is_isotropic(model_name, info)
+        if pyramid:
+            self.level_strides = [int(s) for s in pyramid_strides]
+            self.trunk_indices: tuple[int, ...] = (len(info) - 1,)
         else:
-            self.out_norms = nn.ModuleList(nn.Identity() for _ in self.channels)
+            self.level_strides = [int(f["reduction"]) for f in info]
+        self.out_indices = self._check_out_indices(out_indices, len(self.level_strides))
+        if not pyramid:
+            self.trunk_indices = self.out_indices
+        self.trunk = self._create_trunk(pretrained_file=None)
+        self.nhwc = str(getattr(self.trunk, "output_fmt", "NCHW")).endswith("NHWC")
+
+        trunk_channels = list(self.trunk.feature_info.channels())
+        self.out_norms = nn.ModuleList(LayerNorm2d(c) if out_norm == "ln2d" else nn.Identity() for c in trunk_channels)
+        self.pyramid: SimplePyramid | None = None
+        if pyramid:
+            if isinstance(pyramid_channels, int):
+                level_channels = [pyramid_channels] * len(self.level_strides)
+            else:
+                level_channels = [int(c) for c in pyramid_channels]
+                if len(level_channels) != len(self.level_strides):
+                    raise ValueError(
+                        f"pyramid_channels={pyramid_channels!r} needs one entry per pyramid level "
+                        f"({len(self.level_strides)}: strides {self.level_strides}), or one int for all"
+                    )
+            self.pyramid = SimplePyramid(
+                trunk_channels[-1],
+                int(info[-1]["reduction"]),
+                [self.level_strides[i] for i in self.out_indices],
+                [level_channels[i] for i in self.out_indices],
+            )
+            self.channels: list[int] = list(self.pyramid.channels)
+            self.strides: list[int] = list(self.pyramid.strides)
+        else:
+            # channels / strides of the returned maps, in out_indices order
+            self.channels = trunk_channels
+            self.strides = list(self.trunk.feature_info.reduction())
 
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_features:
             raise ValueError(
@@ -129,6 +224,25 @@ class VisionAttnBackbone(BaseModule):
         self._frozen_modules: list[nn.Module] = []
         self._freeze_stages()
 
+    @staticmethod
+    def _check_out_indices(out_indices: Sequence[int] | None, n: int) -> tuple[int, ...]:
+        if out_indices is None:
+            return tuple(range(n))
+        try:
+            idx = tuple(operator.index(i) for i in out_indices)
+        except TypeError as e:
+            raise TypeError(f"out_indices={out_indices!r} must be a sequence of ints (or None for every level)") from e
+        bad = [i for i in idx if not -n <= i < n]
+        if not idx or bad:
+            raise ValueError(
+                f"out_indices={out_indices!r} is out of range: the backbone has {n} levels (0..{n - 1}); "
+                f"pass indices in that range or None for all"
+            )
+        norm = tuple(i % n for i in idx)
+        if list(norm) != sorted(set(norm)):
+            raise ValueError(f"out_indices={out_indices!r} must be increasing and without repeats")
+        return norm
+
     # -- construction -------------------------------------------------------------------------------------
     def _create_trunk(self, pretrained_file: str | None) -> nn.Module:
         kwargs: dict[str, Any] = dict(self.model_kwargs)
@@ -138,7 +252,7 @@ class VisionAttnBackbone(BaseModule):
             self.model_name,
             pretrained=pretrained_file is not None,
             features_only=True,
-            out_indices=self.out_indices,
+            out_indices=self.trunk_indices,
             **kwargs,
         )
 
@@ -216,8 +330,10 @@ class VisionAttnBackbone(BaseModule):
         for norm, f in zip(self.out_norms, feats, strict=True):
             if self.nhwc:
                 f = f.permute(0, 3, 1, 2)
-            outs.append(norm(f).contiguous())
-        return tuple(outs)
+            outs.append(norm(f))
+        if self.pyramid is not None:
+            outs = self.pyramid(outs[-1])
+        return tuple(o.contiguous() for o in outs)
 
     def train(self, mode: bool = True) -> VisionAttnBackbone:
         super().train(mode)

@@ -2,7 +2,7 @@
 
 Each image holds a few filled circles, squares and triangles of random size and rotation. The default (easy)
 set is 64 px on a plain background, each class's hue drawn from a band around its own that overlaps its
-neighbours' (colour narrows the class to two, the outline decides): sized so a randomly initialised BiFormer-T
+neighbours' (colour narrows the class to two, the outline decides): sized so a small randomly initialised backbone
 gets far above chance in a few CPU minutes. The hard set (``ShapesSpec.preset(hard=True)``) is 256 px with
 textured background and shapes, distractor strokes, occlusion and colours independent of the class: only the
 outline tells the class. Generation is deterministic in ``seed`` and takes seconds. Layout under ``root``::
@@ -359,8 +359,10 @@ def generate_shapes(root: str | os.PathLike, spec: ShapesSpec | None = None, *, 
     try:
         categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
         for split in SPLITS:
-            dirs = {key: tmp / sub / split for key, sub in
-                    (("img", "images"), ("sem", "annotations/semantic"), ("ins", "annotations/instances"))}
+            dirs = {
+                key: tmp / sub / split
+                for key, sub in (("img", "images"), ("sem", "annotations/semantic"), ("ins", "annotations/instances"))
+            }
             for d in dirs.values():
                 d.mkdir(parents=True)
             images, annotations = [], []

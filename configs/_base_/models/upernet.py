@@ -1,7 +1,8 @@
-# UPerNet + FCN auxiliary head (mmseg 1.x) on VisionAttnBackbone; leaf configs pick the model and its channels.
-norm_cfg = dict(type='SyncBN', requires_grad=True)
+# UPerNet + FCN auxiliary head (mmseg 1.x) on VisionAttnBackbone, with no model in it:
+# a leaf config adds one from configs/_base_/backbones/ and sets the in_channels marked below from it.
+norm_cfg = dict(type="SyncBN", requires_grad=True)
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type="SegDataPreProcessor",
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,
@@ -10,21 +11,17 @@ data_preprocessor = dict(
     size=(512, 512),
 )
 model = dict(
-    type='EncoderDecoder',
+    type="EncoderDecoder",
     data_preprocessor=data_preprocessor,
     pretrained=None,
     backbone=dict(
-        type='VisionAttnBackbone',
-        model_name='biformer_small',
-        model_kwargs=dict(),
-        out_indices=(0, 1, 2, 3),
-        out_norm='ln2d',
+        type="VisionAttnBackbone",
         norm_eval=False,
         frozen_stages=-1,
     ),
     decode_head=dict(
-        type='UPerHead',
-        in_channels=[64, 128, 256, 512],
+        type="UPerHead",
+        in_channels=None,  # the backbone's
         in_index=[0, 1, 2, 3],
         pool_scales=(1, 2, 3, 6),
         channels=512,
@@ -32,11 +29,11 @@ model = dict(
         num_classes=150,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
     ),
     auxiliary_head=dict(
-        type='FCNHead',
-        in_channels=256,
+        type="FCNHead",
+        in_channels=None,  # the backbone's third map (in_index 2)
         in_index=2,
         channels=256,
         num_convs=1,
@@ -45,8 +42,8 @@ model = dict(
         num_classes=150,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4),
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4),
     ),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'),
+    test_cfg=dict(mode="whole"),
 )
