@@ -288,12 +288,16 @@ class _TopkRecorder(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, int, bool]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if getattr(func, "__name__", "") == "topk":
-            self.calls.append((args[0].detach().clone(), out[1].detach().clone()))
+            # topk(input, k, dim=-1, largest=True, sorted=True)
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+            largest = args[3] if len(args) > 3 else kwargs.get("largest", True)
+            self.calls.append((args[0].detach().clone(), out[1].detach().clone(), int(dim), bool(largest)))
         return out
 
 
@@ -354,7 +358,7 @@ def _rows(t: torch.Tensor, axis: int, b: int) -> torch.Tensor | None:
 
 def _first_flips(
     s: int,
-    calls: list[tuple[torch.Tensor, torch.Tensor]],
+    calls: list[tuple[torch.Tensor, torch.Tensor, int, bool]],
     ort_calls: list[tuple[Any, Any]],
     probe: _RoutingProbe,
     b: int,
@@ -365,9 +369,10 @@ def _first_flips(
 
     Later top-k's are downstream of the first difference and are not examined. Returns (the flipped rows,
     "") when every differing row of that top-k is an explained near-tie, ([], reason) otherwise."""
-    for i, ((lt, it), (lo, io), attrs) in enumerate(zip(calls, ort_calls, probe.attrs)):
-        axis, largest = attrs.get("axis", -1), attrs.get("largest", 1)
-        lt, it = _rows(lt.float(), axis, b), _rows(it, axis, b)
+    for i, ((lt, it, dim, largest), (lo, io), attrs) in enumerate(zip(calls, ort_calls, probe.attrs)):
+        # torch's own call says which way it prefers; a TopK that disagrees is a real mismatch, found as such
+        axis = attrs.get("axis", -1)
+        lt, it = _rows(lt.float(), dim, b), _rows(it, dim, b)
         lo, io = _rows(torch.from_numpy(lo).float(), axis, b), _rows(torch.from_numpy(io), axis, b)
         if any(t is None for t in (lt, it, lo, io)) or lt.shape != lo.shape or it.shape != io.shape:
             return [], f"top-k #{i} ({probe.nodes[i].name}) cannot be split per sample or differs in shape"
