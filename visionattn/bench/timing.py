@@ -238,7 +238,7 @@ def measure_ceilings(
     flops: float | None = None,
     copy_bytes: int | None = None,
     matmul_size: int | None = None,
-    iters: int = 5,
+    iters: int = 10,
     warmup: int = 2,
 ) -> Ceilings:
     """Measure what is not given: bandwidth from copying ``copy_bytes`` (default 1 GiB on CUDA, 256 MiB on
