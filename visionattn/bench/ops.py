@@ -109,7 +109,7 @@ NA2D = register_op(
         cost=_na2d_cost,
         describe=lambda case: f"kernel {case['kernel_size']}, dilation {case['dilation']}",
         extra_impls={"natten": _natten_na2d},
-        # NAT-style shapes no family declares yet: stage-1 width (2 heads x 32) at 56x56, 3x3 at 128x128
+        # until a family declares na2d cases: a first-stage width (2 heads x 32) at 56x56, and 3x3 at 128x128
         cases=(
             dict(name="NA 7x7 @56x56", height=56, width=56, heads=2, head_dim=32, batch_cuda=128, kernel_size=7),
             dict(name="NA 3x3 @128x128", height=128, width=128, heads=2, head_dim=32, batch_cuda=16, kernel_size=3),
@@ -160,7 +160,8 @@ HALO_ATTN = register_op(
         make_inputs=_halo_inputs,
         cost=_halo_cost,
         describe=lambda case: f"block {case['block_size']}, halo {case['halo_size']}",
-        # halonet50ts stage-2 attention (block 8, halo 3, 4 heads x 32) at a 512 input: 64x64 tokens
+        # until a family declares halo_attn cases: block 8, halo 3, 4 heads x 32 over 64x64 tokens (a stride-8
+        # stage of a 512 input)
         cases=(
             dict(
                 name="Halo 8/3 @64x64",
