@@ -27,9 +27,6 @@ from . import _dispatch
 __all__ = ["bra", "bra_reference", "gather_regions", "BiLevelRoutingAttentionOp"]
 
 _LOG2E = 1.4426950408889634
-# Tiles are held in registers/shared memory; larger head dims would need a split over d.
-_MAX_HEAD_DIM = 256
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor, mask: torch.Tensor | None):
@@ -124,8 +121,7 @@ if _dispatch.HAS_TRITON:
     triton = _dispatch.triton
     tl = _dispatch.tl
 
-    def _np2(x: int) -> int:
-        return 1 << max(0, int(x) - 1).bit_length()
+    _np2 = _dispatch.next_pow2
 
     # Query-major tiling (forward, dQ): BM query rows of one region per program; each inner step reads
     # BN key columns: G whole routed regions when R <= BN (small regions are grouped so tl.dot gets
@@ -155,21 +151,18 @@ if _dispatch.HAS_TRITON:
     def _heur(fn, keys):
         return {key: (lambda args, key=key: fn(args)[key]) for key in keys}
 
-    if _dispatch.interpreting():
-        # The interpreter cannot benchmark (no device), so it gets one config; big tiles because its cost
-        # is per inner-loop step, not per element.
-        _FWD_CONFIGS = [triton.Config({"BM_CAP": 128, "BN_CAP": 128}, num_warps=4, num_stages=1)]
-        _DKV_CONFIGS = [triton.Config({"BM_CAP": 128, "BN_CAP": 128}, num_warps=4, num_stages=1)]
-    else:
-        _FWD_CONFIGS = [
-            triton.Config({"BM_CAP": bm, "BN_CAP": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (32, 32, 4, 2)]
-        ]
-        _DKV_CONFIGS = [
-            triton.Config({"BM_CAP": bm, "BN_CAP": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 32, 4, 2)]
-        ]
-    _TUNE_KEY = ["R", "TOPK", "D", "DV", "HAS_MASK"]
+    # GPU configs, pruned with tools/kernel_report.py (model_cards/kernels.md): (BM_CAP, BN_CAP, warps, stages).
+    _FWD_CONFIGS = [
+        triton.Config({"BM_CAP": bm, "BN_CAP": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (32, 32, 4, 2)]
+    ]
+    _DKV_CONFIGS = [
+        triton.Config({"BM_CAP": bm, "BN_CAP": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 32, 4, 2)]
+    ]
+    # The interpreter's cost is per inner-loop step, not per element: one config with big tiles.
+    _INTERPRET = {"BM_CAP": 128, "BN_CAP": 128}
+    _TUNE_KEY = ["R", "TOPK", "D", "DV", "HAS_MASK", "PREC"]
 
     @triton.jit
     def _load_q_block(ptr, base, rows, row_ok, D: tl.constexpr, BD: tl.constexpr, UPCAST: tl.constexpr):
@@ -184,8 +177,20 @@ if _dispatch.HAS_TRITON:
         return x
 
     @triton.jit
-    def _routed_columns(IDX, KPM, idx_base, b, NR, it, R: tl.constexpr, TOPK: tl.constexpr,
-                        BN: tl.constexpr, G: tl.constexpr, KB: tl.constexpr, HAS_MASK: tl.constexpr):
+    def _routed_columns(
+        IDX,
+        KPM,
+        idx_base,
+        b,
+        NR,
+        it,
+        R: tl.constexpr,
+        TOPK: tl.constexpr,
+        BN: tl.constexpr,
+        G: tl.constexpr,
+        KB: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+    ):
         # Column j of step `it` is token tok of routed slot t0 + j // R (whole regions when G > 1, a
         # BN-token chunk of one region when KB > 1).
         t0 = (it // KB) * G
@@ -202,15 +207,35 @@ if _dispatch.HAS_TRITON:
             key_ok = col_ok & (real != 0)
         return rows, col_ok, key_ok
 
-    @triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
     @triton.heuristics(_heur(_q_tiles, ["BM", "BN", "G", "MB", "KB", "NT"]))
     @triton.jit
     def _bra_fwd_kernel(
-        Q, K, V, IDX, KPM, OUT, LSE, qk_scale, NR, H,
-        R: tl.constexpr, TOPK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-        BD: tl.constexpr, BDV: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
-        PREC: tl.constexpr, BM_CAP: tl.constexpr, BN_CAP: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MB: tl.constexpr, KB: tl.constexpr,
+        Q,
+        K,
+        V,
+        IDX,
+        KPM,
+        OUT,
+        LSE,
+        qk_scale,
+        NR,
+        H,
+        R: tl.constexpr,
+        TOPK: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        BD: tl.constexpr,
+        BDV: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+        BM_CAP: tl.constexpr,
+        BN_CAP: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        G: tl.constexpr,
+        MB: tl.constexpr,
+        KB: tl.constexpr,
         NT: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -264,15 +289,38 @@ if _dispatch.HAS_TRITON:
         do = tl.load(DO + rows[:, None] * DV + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
         tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
 
-    @triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
     @triton.heuristics(_heur(_q_tiles, ["BM", "BN", "G", "MB", "KB", "NT"]))
     @triton.jit
     def _bra_bwd_dq_kernel(
-        Q, K, V, IDX, KPM, DO, LSE, DELTA, DQ, qk_scale, scale, NR, H,
-        R: tl.constexpr, TOPK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-        BD: tl.constexpr, BDV: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
-        PREC: tl.constexpr, BM_CAP: tl.constexpr, BN_CAP: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MB: tl.constexpr, KB: tl.constexpr,
+        Q,
+        K,
+        V,
+        IDX,
+        KPM,
+        DO,
+        LSE,
+        DELTA,
+        DQ,
+        qk_scale,
+        scale,
+        NR,
+        H,
+        R: tl.constexpr,
+        TOPK: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        BD: tl.constexpr,
+        BDV: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+        BM_CAP: tl.constexpr,
+        BN_CAP: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        G: tl.constexpr,
+        MB: tl.constexpr,
+        KB: tl.constexpr,
         NT: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -308,15 +356,40 @@ if _dispatch.HAS_TRITON:
             mask=row_ok[:, None] & (offs_d[None, :] < D),
         )
 
-    @triton.autotune(configs=_DKV_CONFIGS, key=_TUNE_KEY)
     @triton.heuristics(_heur(_kv_tiles, ["BN", "BM", "GQ", "NB", "KBQ"]))
     @triton.jit
     def _bra_bwd_dkdv_kernel(
-        Q, K, V, KPM, DO, LSE, DELTA, DK, DV_OUT, QOFF, QREG, qk_scale, scale, NR, H,
-        R: tl.constexpr, TOPK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-        BD: tl.constexpr, BDV: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
-        PREC: tl.constexpr, BM_CAP: tl.constexpr, BN_CAP: tl.constexpr,
-        BN: tl.constexpr, BM: tl.constexpr, GQ: tl.constexpr, NB: tl.constexpr, KBQ: tl.constexpr,
+        Q,
+        K,
+        V,
+        KPM,
+        DO,
+        LSE,
+        DELTA,
+        DK,
+        DV_OUT,
+        QOFF,
+        QREG,
+        qk_scale,
+        scale,
+        NR,
+        H,
+        R: tl.constexpr,
+        TOPK: tl.constexpr,
+        D: tl.constexpr,
+        DV: tl.constexpr,
+        BD: tl.constexpr,
+        BDV: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+        BM_CAP: tl.constexpr,
+        BN_CAP: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        GQ: tl.constexpr,
+        NB: tl.constexpr,
+        KBQ: tl.constexpr,
     ):
         pid = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -374,24 +447,16 @@ if _dispatch.HAS_TRITON:
         )
 
 
-def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, routing: torch.Tensor,
-                        mask: torch.Tensor | None) -> tuple[type[Exception], str] | None:
-    """Why the Triton kernels cannot take these inputs (exception type, message), or None."""
-    if q.dtype not in _TRITON_DTYPES:
-        return TypeError, (
-            f"the Triton BRA kernel takes float16, bfloat16 or float32 q/k/v, got {q.dtype}; "
-            f"cast the inputs or use backend='reference'"
-        )
-    d, dv = q.shape[-1], v.shape[-1]
-    if d > _MAX_HEAD_DIM or dv > _MAX_HEAD_DIM:
-        return ValueError, (
-            f"the Triton BRA kernel takes head_dim <= {_MAX_HEAD_DIM}, got q/k head_dim {d} and v head_dim {dv}; "
-            f"use backend='reference' or split the heads"
-        )
-    for name, t in (("k", k), ("v", v), ("routing", routing), ("key_padding_mask", mask)):
-        if t is not None and t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; put all BRA inputs on one device")
-    return None
+if _dispatch.HAS_TRITON:
+    _FWD = _dispatch.TunedKernel("bra_fwd", _bra_fwd_kernel, _FWD_CONFIGS, _TUNE_KEY, _INTERPRET)
+    _DQ = _dispatch.TunedKernel("bra_bwd_dq", _bra_bwd_dq_kernel, _FWD_CONFIGS, _TUNE_KEY, _INTERPRET)
+    _DKDV = _dispatch.TunedKernel("bra_bwd_dkdv", _bra_bwd_dkdv_kernel, _DKV_CONFIGS, _TUNE_KEY, _INTERPRET)
+    _DELTA = _dispatch.TunedKernel(
+        "bra_bwd_delta", _bra_bwd_delta_kernel, [triton.Config({"BLOCK": 32}, num_warps=4)], ["DV"], {"BLOCK": 64}
+    )
+    KERNELS = {k.name: k for k in (_FWD, _DQ, _DKDV, _DELTA)}
+else:  # pragma: no cover - depends on the install
+    KERNELS = {}
 
 
 def _transpose_routing(routing: torch.Tensor, nr: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,11 +477,10 @@ def _transpose_routing(routing: torch.Tensor, nr: int) -> tuple[torch.Tensor, to
 def _launch_args(q: torch.Tensor, v: torch.Tensor):
     b, h, nr, r, d = q.shape
     dv = v.shape[-1]
-    upcast = q.dtype == torch.bfloat16 and _dispatch.interpreting()
-    # fp32 stays IEEE fp32 on GPU (tf32 would break parity with the reference); bf16 is upcast only in
-    # the interpreter, which multiplies bf16 bit patterns instead of values.
-    prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-    meta = dict(R=r, D=d, DV=dv, BD=max(16, _np2(d)), BDV=max(16, _np2(dv)), UPCAST=upcast, PREC=prec)
+    meta = dict(
+        R=r, D=d, DV=dv, BD=_dispatch.head_block(d), BDV=_dispatch.head_block(dv),
+        UPCAST=_dispatch.upcast_bf16(q.dtype), PREC=_dispatch.dot_precision(q.dtype),
+    )  # fmt: skip
     return b, h, nr, r, d, dv, meta
 
 
@@ -431,9 +495,20 @@ def _bra_triton_forward(q, k, v, routing32, kpm, scale):
     def grid(meta_):
         return (nr * meta_["MB"], b * h)
 
-    _bra_fwd_kernel[grid](
-        q, k, v, routing32, kpm if has_mask else routing32, o, lse, scale * _LOG2E, nr, h,
-        TOPK=topk, HAS_MASK=has_mask, **meta,
+    _FWD[grid](
+        q,
+        k,
+        v,
+        routing32,
+        kpm if has_mask else routing32,
+        o,
+        lse,
+        scale * _LOG2E,
+        nr,
+        h,
+        TOPK=topk,
+        HAS_MASK=has_mask,
+        **meta,
     )
     return o, lse
 
@@ -446,8 +521,7 @@ def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, ne
     grad_dtype = torch.float32 if meta["UPCAST"] else q.dtype
     n_rows = b * h * nr * r
     delta = torch.empty((b, h, nr, r), device=q.device, dtype=torch.float32)
-    block = 64 if _dispatch.interpreting() else 32
-    _bra_bwd_delta_kernel[(triton.cdiv(n_rows, block),)](o, do, delta, n_rows, DV=dv, BDV=meta["BDV"], BLOCK=block)
+    _DELTA[lambda meta_: (triton.cdiv(n_rows, meta_["BLOCK"]),)](o, do, delta, n_rows, DV=dv, BDV=meta["BDV"])
 
     dq = dk = dvv = None
     if need_dq:
@@ -456,9 +530,23 @@ def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, ne
         def grid_q(meta_):
             return (nr * meta_["MB"], b * h)
 
-        _bra_bwd_dq_kernel[grid_q](
-            q, k, v, routing32, kpm_arg, do, lse, delta, dq, scale * _LOG2E, scale, nr, h,
-            TOPK=topk, HAS_MASK=has_mask, **meta,
+        _DQ[grid_q](
+            q,
+            k,
+            v,
+            routing32,
+            kpm_arg,
+            do,
+            lse,
+            delta,
+            dq,
+            scale * _LOG2E,
+            scale,
+            nr,
+            h,
+            TOPK=topk,
+            HAS_MASK=has_mask,
+            **meta,
         )
     if need_dkv:
         dk = torch.empty_like(k, dtype=grad_dtype)
@@ -468,9 +556,25 @@ def _bra_triton_backward(do, q, k, v, o, lse, routing32, kpm, scale, need_dq, ne
         def grid_kv(meta_):
             return (nr * meta_["NB"], b * h)
 
-        _bra_bwd_dkdv_kernel[grid_kv](
-            q, k, v, kpm_arg, do, lse, delta, dk, dvv, qoff, qreg, scale * _LOG2E, scale, nr, h,
-            TOPK=topk, HAS_MASK=has_mask, **meta,
+        _DKDV[grid_kv](
+            q,
+            k,
+            v,
+            kpm_arg,
+            do,
+            lse,
+            delta,
+            dk,
+            dvv,
+            qoff,
+            qreg,
+            scale * _LOG2E,
+            scale,
+            nr,
+            h,
+            TOPK=topk,
+            HAS_MASK=has_mask,
+            **meta,
         )
     return dq, dk, dvv
 
@@ -517,25 +621,17 @@ def bra(
 ) -> torch.Tensor:
     """Bi-level routing attention; see :func:`bra_reference` for shapes.
 
-    ``backend``: None (use ``VISIONATTN_KERNELS`` / the device), "auto", "triton" or "reference".
-    The Triton path takes float16/bfloat16/float32 and head_dim <= 256; ``auto`` falls back to the
-    reference for anything else, an explicit "triton" raises. Routing indices get no gradient.
+    ``backend``: None (use ``VISIONATTN_KERNELS`` / the device), "auto", "triton" or "reference"; the
+    fallback rule and the fp32 precision rule are those of :mod:`visionattn.kernels._dispatch`.
+    Routing indices get no gradient.
     """
     _check(q, k, v, routing, key_padding_mask)
-    path = _dispatch.choose("bra", q, k, v, backend=backend)
-    if path == "triton":
-        reason = _triton_unsupported(q, k, v, routing, key_padding_mask)
-        if reason is not None:
-            explicit = (backend or _dispatch.kernel_mode()) == "triton"
-            if explicit:
-                exc, msg = reason
-                raise exc(f"bra: {msg}")
-            path = "reference"
+    _dispatch.check_devices("bra", q, k=k, v=v, routing=routing, key_padding_mask=key_padding_mask)
+    path = _dispatch.select("bra", (q, k, v), backend, q.dtype, {"q/k": q.shape[-1], "v": v.shape[-1]})
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if not math.isfinite(scale):
         raise ValueError(f"scale={scale} must be a finite float")
-    _dispatch.record("bra", path)
     if path == "triton":
         return _bra_triton(q, k, v, routing, scale, key_padding_mask)
     return bra_reference(q, k, v, routing, scale=scale, key_padding_mask=key_padding_mask)

@@ -30,10 +30,8 @@ Triton forward/backward (one program per (query block, batch * head); the window
 window rows with 2-D addressing and boundary masks; the relative logits are precomputed per query in PyTorch as
 ``(.., Hq, Wq, win)`` tables for rows and for columns and added by index; online softmax, saved LSE; the
 backward recomputes the probabilities, writes dq and the gradients of both tables and accumulates dk/dv with
-fp32 atomics, since neighbouring windows overlap, so dk/dv are not bit-reproducible on a GPU). Kernel dtypes:
-float32 (IEEE products unless ``torch.backends.cuda.matmul.allow_tf32``), float16, bfloat16 (native on a GPU;
-upcast to float32 inside the kernel under ``TRITON_INTERPRET=1``, whose bfloat16 ``tl.dot`` is wrong); head
-dims up to 256, padded to a power of two >= 16.
+fp32 atomics, since neighbouring windows overlap, so dk/dv are not bit-reproducible on a GPU). Kernel dtypes,
+head-dim limit, fp32 precision and fallback: see :mod:`visionattn.kernels._dispatch`.
 """
 
 from __future__ import annotations
@@ -237,8 +235,6 @@ def halo_attn_reference(
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
-
-_MAX_HEAD_DIM = 256
 
 if _dispatch.HAS_TRITON:
     import triton
@@ -539,14 +535,7 @@ if _dispatch.HAS_TRITON:
             tl.store(DLW + rel_row[:, None] + kw[None, :], dlw, mask=m_ok[:, None] & (kw < WIN)[None, :])
 
 
-def _pow2(n: int, floor: int = 1) -> int:
-    return max(floor, 1 << (max(n, 1) - 1).bit_length())
-
-
-# Key-tile height (window rows per inner iteration) in the interpreter; each iteration costs milliseconds
-# there, and a small value keeps the multi-iteration path covered by the CPU tests.
-_INTERPRET_ROWS: int | None = None
-_tuned: dict[tuple, object] = {}
+_pow2 = _dispatch.next_pow2
 
 
 def _row_options(winp: int) -> list[int]:
@@ -554,33 +543,40 @@ def _row_options(winp: int) -> list[int]:
     return [r for r in (1, 2, 4, 8, 16) if 16 <= r * winp <= 256 and r <= winp] or [max(1, 16 // winp)]
 
 
-def _launcher(kernel, which: str, winp: int, bm: int):
-    """The kernel with a fixed config in the interpreter, autotuned over the key-tile height on a GPU."""
-    if _dispatch.interpreting():
-        rows = _INTERPRET_ROWS or max(1, 16 // winp)
-        return lambda grid, **kw: kernel[grid](**kw, ROWS=rows, num_warps=4, num_stages=1)
-    opts = tuple(_row_options(winp))
-    key = (which, opts, bm)
-    if key not in _tuned:
-        configs = [
-            triton.Config({"ROWS": r}, num_warps=nw, num_stages=ns)
-            for r in opts
-            for nw in ((4, 8) if bm * r * winp >= 64 * 128 else (2, 4))
-            for ns in (1, 2)
-        ]
-        extra = {"reset_to_zero": ["DK", "DVA"]} if which == "bwd" else {}
-        _tuned[key] = triton.autotune(
-            configs=configs, key=["HQ", "WQ", "DQK", "DV", "NH", "WIN", "BQ", "MASK_PAD"], **extra
-        )(kernel)
-    tuned = _tuned[key]
-    return lambda grid, **kw: tuned[grid](**kw)
+def _prune(configs: list, args: dict) -> list:
+    """The key-tile heights that fit this window, with warps sized to the tile (BM queries x ROWS * WINP keys)."""
+    rows = _row_options(args["WINP"])
+    keep = []
+    for c in configs:
+        r = c.kwargs["ROWS"]
+        big = args["BM"] * r * args["WINP"] >= 64 * 128
+        if r in rows and c.num_warps in ((4, 8) if big else (2, 4)):
+            keep.append(c)
+    return keep
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs follow torch's matmul setting: IEEE fp32 unless TF32 was allowed
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+# Key-tile height (window rows per inner iteration) in the interpreter; each iteration costs milliseconds
+# there, and a small default keeps the multi-iteration path covered by the CPU tests.
+_INTERPRET = {"ROWS": lambda args: max(1, 16 // args["WINP"])}
+_TUNE_KEY = ["HQ", "WQ", "DQK", "DV", "NH", "WIN", "BQ", "MASK_PAD", "HAS_RH", "HAS_RW", "PREC"]
+
+if _dispatch.HAS_TRITON:
+    _CONFIGS = [
+        triton.Config({"ROWS": r}, num_warps=nw, num_stages=ns)
+        for r in (1, 2, 4, 8, 16)
+        for nw in (2, 4, 8)
+        for ns in (1, 2)
+    ]
+    KERNELS = {
+        "halo_attn_fwd": _dispatch.TunedKernel(
+            "halo_attn_fwd", _halo_fwd_kernel, _CONFIGS, _TUNE_KEY, _INTERPRET, _prune
+        ),
+        "halo_attn_bwd": _dispatch.TunedKernel(
+            "halo_attn_bwd", _halo_bwd_kernel, _CONFIGS, _TUNE_KEY, _INTERPRET, _prune, reset_to_zero=["DK", "DVA"]
+        ),
+    }
+else:  # pragma: no cover - depends on the install
+    KERNELS = {}
 
 
 def _common_args(q, k, v, g: _Geometry, scale: float, has_rh: bool, has_rw: bool, mask_pad: bool) -> dict:
@@ -608,8 +604,8 @@ def _common_args(q, k, v, g: _Geometry, scale: float, has_rh: bool, has_rw: bool
         HAS_RH=has_rh,
         HAS_RW=has_rw,
         MASK_PAD=mask_pad,
-        UPCAST=q.dtype == torch.bfloat16 and _dispatch.interpreting(),
-        PREC=_precision(q.dtype),
+        UPCAST=_dispatch.upcast_bf16(q.dtype),
+        PREC=_dispatch.dot_precision(q.dtype),
     )
 
 
@@ -626,8 +622,7 @@ class _HaloAttnTriton(torch.autograd.Function):
         args = _common_args(q, k, v, g, scale, lh is not None, lw is not None, mask_pad)
         dummy = lse  # never read when the table is absent
         grid = (g.nbh * g.nbw, b * nh)
-        _launcher(_halo_fwd_kernel, "fwd", args["WINP"], args["BM"])(
-            grid,
+        KERNELS["halo_attn_fwd"][grid](
             Q=q,
             K=k,
             V=v,
@@ -658,8 +653,7 @@ class _HaloAttnTriton(torch.autograd.Function):
         dlw = None if lw is None else torch.empty(lw.shape, device=q.device, dtype=torch.float32)
         args = _common_args(q, k, v, g, ctx.scale, lh is not None, lw is not None, ctx.mask_pad)
         grid = (g.nbh * g.nbw, b * nh)
-        _launcher(_halo_bwd_kernel, "bwd", args["WINP"], args["BM"])(
-            grid,
+        KERNELS["halo_attn_bwd"][grid](
             Q=q,
             K=k,
             V=v,
@@ -684,14 +678,6 @@ class _HaloAttnTriton(torch.autograd.Function):
         return dq, dk.to(k.dtype), dv.to(v.dtype), dlh, dlw, None, None, None
 
 
-def _triton_unsupported(q: torch.Tensor, v: torch.Tensor) -> str | None:
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"dtype {q.dtype} (the kernels take float32, float16 or bfloat16)"
-    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
-        return f"head dims {q.shape[-1]}/{v.shape[-1]} (the kernels take at most {_MAX_HEAD_DIM})"
-    return None
-
-
 def halo_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -709,19 +695,14 @@ def halo_attn(
     """Halo attention; see the module docstring for the semantics and :func:`halo_attn_reference` for shapes.
 
     q: (B, heads, Hq, Wq, dqk); k: (B, heads, H, W, dqk); v: (B, heads, H, W, dv) -> (B, heads, Hq, Wq, dv).
-    ``backend``: None (use ``VISIONATTN_KERNELS`` / the device), "auto", "triton" or "reference". On the
-    automatic path, inputs the kernels do not take (float64, head dims over 256) run the reference.
+    ``backend``: None (use ``VISIONATTN_KERNELS`` / the device), "auto", "triton" or "reference"; the
+    fallback rule and the fp32 precision rule are those of :mod:`visionattn.kernels._dispatch`.
     """
     g = _check(q, k, v, block_size, halo_size, rel_height, rel_width, pad_mode)
-    path = _dispatch.choose("halo_attn", q, k, v, rel_height, rel_width, backend=backend)
-    if path == "triton":
-        reason = _triton_unsupported(q, v)
-        if reason is not None:
-            explicit = backend == "triton" or (backend is None and _dispatch.kernel_mode() == "triton")
-            if explicit:
-                raise ValueError(f"halo_attn: the Triton kernels do not take {reason}; use backend='reference'")
-            path = "reference"
-    _dispatch.record("halo_attn", path)
+    _dispatch.check_devices("halo_attn", q, k=k, v=v)
+    path = _dispatch.select(
+        "halo_attn", (q, k, v, rel_height, rel_width), backend, q.dtype, {"q/k": q.shape[-1], "v": v.shape[-1]}
+    )
     if path == "reference":
         return halo_attn_reference(
             q,

@@ -33,8 +33,6 @@ from . import _dispatch
 __all__ = ["na2d", "na2d_reference", "NeighborhoodAttention2DOp", "neighbor_index"]
 
 _BORDERS = ("shift", "mask")
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAX_HEAD_DIM = 256
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -535,11 +533,14 @@ if _dispatch.HAS_TRITON:
         tl.store(DAV + out_off, dav, mask=ed_mask)
 
 
-# Tile configs: one fixed config under the interpreter (it cannot autotune; big tiles mean few slow
-# iterations), a small autotuned set on GPU.
+# Tile configs: one fixed config under the interpreter (big tiles mean few slow iterations; tests shrink them),
+# an autotuned set on GPU, pruned with tools/kernel_report.py (model_cards/kernels.md).
 _INTERPRET_TILE = {"TH": 8, "TW": 8, "BN": 128}
 _INTERPRET_EXTRA = {"BM": 32, "BN": 64}
-_kernel_cache: dict[str, object] = {}
+# The tile walk depends on the window, the border rule, dilation and on which optional inputs are present
+# (rpb adds a gathered bias load, extra keys a second loop): all of them key the autotuner.
+_TILE_KEY = ["H", "W", "KH", "KW", "dil_h", "dil_w", "BD", "SHIFT", "HAS_RPB", "HAS_EXTRA", "PREC"]
+_EXTRA_KEY = ["N", "M", "BD", "UPCAST", "PREC"]
 
 
 def _tile_configs():
@@ -553,31 +554,33 @@ def _tile_configs():
     return cfgs
 
 
+def _extra_configs():
+    return [
+        triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=2)
+        for bm in (32, 64)
+        for bn in (64, 128)
+        for w in (4, 8)
+    ]
+
+
+if _dispatch.HAS_TRITON:
+    KERNELS = {
+        k.name: k
+        for k in (
+            _dispatch.TunedKernel("na2d_fwd", _na2d_fwd_kernel, _tile_configs(), _TILE_KEY, _INTERPRET_TILE),
+            _dispatch.TunedKernel("na2d_bwd_dq", _na2d_bwd_dq_kernel, _tile_configs(), _TILE_KEY, _INTERPRET_TILE),
+            _dispatch.TunedKernel("na2d_bwd_dkdv", _na2d_bwd_dkdv_kernel, _tile_configs(), _TILE_KEY, _INTERPRET_TILE),
+            _dispatch.TunedKernel(
+                "na2d_bwd_extra", _na2d_bwd_extra_kernel, _extra_configs(), _EXTRA_KEY, _INTERPRET_EXTRA
+            ),
+        )
+    }
+else:  # pragma: no cover - depends on the install
+    KERNELS = {}
+
+
 def _kernel(name: str):
-    """The launchable kernel: fixed config when interpreting, autotuned on GPU (built on first use)."""
-    if name in _kernel_cache:
-        return _kernel_cache[name]
-    raw = {
-        "fwd": _na2d_fwd_kernel,
-        "dq": _na2d_bwd_dq_kernel,
-        "dkdv": _na2d_bwd_dkdv_kernel,
-        "extra": _na2d_bwd_extra_kernel,
-    }[name]
-    if _dispatch.interpreting():
-        fixed = _INTERPRET_EXTRA if name == "extra" else _INTERPRET_TILE
-        kernel = (raw, fixed)
-    elif name == "extra":
-        configs = [
-            triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=2)
-            for bm in (32, 64)
-            for bn in (64, 128)
-            for w in (4, 8)
-        ]
-        kernel = (triton.autotune(configs=configs, key=["N", "M", "BD", "UPCAST"])(raw), {})
-    else:
-        kernel = (triton.autotune(configs=_tile_configs(), key=["H", "W", "KH", "KW", "BD", "SHIFT"])(raw), {})
-    _kernel_cache[name] = kernel
-    return kernel
+    return KERNELS["na2d_" + {"fwd": "fwd", "dq": "bwd_dq", "dkdv": "bwd_dkdv", "extra": "bwd_extra"}[name]]
 
 
 def _tile_grid(h, w, dh, dw, bh):
@@ -586,23 +589,6 @@ def _tile_grid(h, w, dh, dw, bh):
         return (dh * dw * tiles, bh)
 
     return grid
-
-
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
-
-
-def _triton_problem(q: torch.Tensor, rpb: torch.Tensor | None) -> str | None:
-    """Why the Triton kernels cannot take these inputs, or None."""
-    if q.dtype not in _TRITON_DTYPES:
-        return f"the Triton na2d kernel takes float16, bfloat16 or float32 inputs, got {q.dtype}"
-    if q.shape[-1] > _MAX_HEAD_DIM:
-        return f"the Triton na2d kernel takes head_dim <= {_MAX_HEAD_DIM}, got {q.shape[-1]}"
-    if rpb is not None and rpb.device != q.device:
-        return f"rpb is on {rpb.device} but q is on {q.device}; move rpb to q's device"
-    return None
 
 
 class _NA2DFunction(torch.autograd.Function):
@@ -618,15 +604,15 @@ class _NA2DFunction(torch.autograd.Function):
         m = ak.shape[2] if has_extra else 0
         o = torch.empty_like(q)
         lse = torch.empty((b * heads, h * w), device=q.device, dtype=torch.float32)
-        bd = max(16, triton.next_power_of_2(d))
-        upcast = q.dtype == torch.bfloat16 and _dispatch.interpreting()
-        prec = _precision(q.dtype)
-        kernel, fixed = _kernel("fwd")
+        bd = _dispatch.head_block(d)
+        upcast = _dispatch.upcast_bf16(q.dtype)
+        prec = _dispatch.dot_precision(q.dtype)
+        kernel = _kernel("fwd")
         kernel[_tile_grid(h, w, dh, dw, b * heads)](
             q, k, v, rpb_c, ak_c, av_c, o, lse,
             scale * math.log2(math.e), h, w, d, heads, m, dh, dw,
             KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, HAS_EXTRA=has_extra, UPCAST=upcast, PREC=prec,
-            BD=bd, **fixed,
+            BD=bd,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, rpb, ak, av, o, lse)
         ctx.meta = (kh, kw, dh, dw, shift, scale, bd, upcast, prec)
@@ -653,18 +639,18 @@ class _NA2DFunction(torch.autograd.Function):
         dv = torch.empty_like(v)
         grid = _tile_grid(h, w, dh, dw, b * heads)
 
-        kernel, fixed = _kernel("dq")
+        kernel = _kernel("dq")
         kernel[grid](
             q, k, v, rpb_c, ak_c, av_c, do, lse, delta, dq, ds,
             scale2, scale, h, w, d, heads, m, dh, dw,
             KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, HAS_EXTRA=has_extra, STORE_DS=need_ds, UPCAST=upcast,
-            PREC=prec, BD=bd, **fixed,
+            PREC=prec, BD=bd,
         )  # fmt: skip
-        kernel, fixed = _kernel("dkdv")
+        kernel = _kernel("dkdv")
         kernel[grid](
             q, k, v, rpb_c, do, lse, delta, dk, dv,
             scale2, scale, h, w, d, heads, dh, dw,
-            KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, UPCAST=upcast, PREC=prec, BD=bd, **fixed,
+            KH=kh, KW=kw, SHIFT=shift, HAS_RPB=has_rpb, UPCAST=upcast, PREC=prec, BD=bd,
         )  # fmt: skip
 
         drpb = dak = dav = None
@@ -686,10 +672,10 @@ class _NA2DFunction(torch.autograd.Function):
             per_split = triton.cdiv(n, splits)
             dak_parts = torch.empty((splits, b * heads, m, d), device=q.device, dtype=torch.float32)
             dav_parts = torch.empty_like(dak_parts)
-            kernel, fixed = _kernel("extra")
+            kernel = _kernel("extra")
             kernel[lambda meta: (triton.cdiv(m, meta["BM"]), splits, b * heads)](
                 q, ak_c, av_c, do, lse, delta, dak_parts, dav_parts,
-                scale2, scale, n, d, m, per_split, UPCAST=upcast, PREC=prec, BD=bd, **fixed,
+                scale2, scale, n, d, m, per_split, UPCAST=upcast, PREC=prec, BD=bd,
             )  # fmt: skip
             dak = dak_parts.sum(0).view_as(ak).to(ak.dtype)
             dav = dav_parts.sum(0).view_as(av).to(av.dtype)
@@ -718,18 +704,16 @@ def na2d(
 
     q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d).
     Returns (B, heads, H, W, d). ``backend``: None (``VISIONATTN_KERNELS`` / the device), "auto", "triton"
-    or "reference". Under "auto", inputs the kernel does not take (e.g. float64) run the reference.
+    or "reference"; the fallback rule and the fp32 precision rule are those of
+    :mod:`visionattn.kernels._dispatch`.
     """
     kh, kw, dh, dw = _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border)
-    path = _dispatch.choose("na2d", q, k, v, rpb, additional_keys, additional_values, backend=backend)
-    if path == "triton":
-        problem = _triton_problem(q, rpb)
-        if problem is not None:
-            mode = _dispatch.kernel_mode() if backend is None else backend
-            if mode == "triton":
-                raise ValueError(f"na2d: {problem}; or use backend='reference'")
-            path = "reference"
-    _dispatch.record("na2d", path)
+    _dispatch.check_devices(
+        "na2d", q, k=k, v=v, rpb=rpb, additional_keys=additional_keys, additional_values=additional_values
+    )
+    path = _dispatch.select(
+        "na2d", (q, k, v, rpb, additional_keys, additional_values), backend, q.dtype, {"q/k/v": q.shape[-1]}
+    )
     if path == "reference":
         return na2d_reference(
             q, k, v, (kh, kw), (dh, dw), rpb=rpb, scale=scale,

@@ -1,7 +1,8 @@
 """Bi-level routing attention: reference vs independent implementations, Triton kernels vs reference, dispatch.
 
-The Triton tests run in Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1 when there is no GPU),
-so the shapes are tiny.
+The Triton tests run where ``_dispatch.triton_device()`` says the kernels can run: on CUDA tensors on a GPU
+host, else in Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1 when there is no GPU), so the shapes
+are tiny. Inputs are drawn on the CPU (seeded generators) and moved there.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from torch.profiler import ProfilerActivity, profile
 from visionattn.kernels import BiLevelRoutingAttentionOp, _dispatch, bra, bra_reference, last_path
 from visionattn.kernels.bra import gather_regions
 
+DEVICE = _dispatch.triton_device()  # where the Triton path runs here (None: nowhere)
 needs_triton = pytest.mark.skipif(
-    not _dispatch.HAS_TRITON or not (torch.cuda.is_available() or _dispatch.interpreting()),
-    reason="triton is not installed, or there is neither a GPU nor TRITON_INTERPRET=1",
+    DEVICE is None, reason="triton is not installed, or there is neither a GPU nor TRITON_INTERPRET=1"
 )
+interpreter_only = pytest.mark.skipif(
+    not _dispatch.interpreting(), reason="checks the interpreter's in-kernel bf16 upcast (GPU: test_kernel_gpu.py)"
+)
+
+
+def _to(device, *tensors):
+    return tuple(None if t is None else t.to(device) for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -97,13 +105,28 @@ def _official_legacy(q, k, v, routing, scale):
     return out.view(b, nr, h, r, dv).permute(0, 2, 1, 3, 4)
 
 
-def _peak_bytes(fn):
-    """Run fn under the profiler; return (its result, peak live bytes allocated during it, largest allocation)."""
+def _peak_bytes(fn, device=None):
+    """Run fn; return (its result, peak live bytes allocated during it, largest single allocation).
+
+    CPU: from the profiler's allocator events; CUDA: from the caching allocator's peak and its history.
+    """
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+        try:
+            out = fn()
+            torch.cuda.synchronize()
+            snap = torch.cuda.memory._snapshot()
+        finally:
+            torch.cuda.memory._record_memory_history(enabled=None)
+        sizes = [e["size"] for trace in snap["device_traces"] for e in trace if e["action"] == "alloc"]
+        assert sizes, "the allocator recorded no allocation"
+        return out, torch.cuda.max_memory_allocated() - base, max(sizes)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     assert events, "the profiler recorded no allocation"
     live = peak = largest = 0
     for _, nbytes in events:
@@ -204,7 +227,7 @@ _TRITON_CASES = {
 @pytest.mark.parametrize("name", list(_TRITON_CASES))
 def test_triton_forward_backward_fp32(name):
     b, h, nr, r, d, dv, topk, mask, no_key = _TRITON_CASES[name]
-    q, k, v, routing, kpm = _case(b, h, nr, r, d, dv, topk, mask=mask, no_key=no_key, seed=len(name))
+    q, k, v, routing, kpm = _to(DEVICE, *_case(b, h, nr, r, d, dv, topk, mask=mask, no_key=no_key, seed=len(name)))
     scale = 0.29
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out = bra(q, k, v, routing, scale=scale, key_padding_mask=kpm, backend="triton")
@@ -224,7 +247,7 @@ def test_triton_forward_backward_fp32(name):
 @pytest.mark.slow
 def test_triton_large_region_is_tiled():
     """R = 200 exceeds one tile: query rows and key columns are split into chunks."""
-    q, k, v, routing, kpm = _case(1, 1, 3, 200, 16, 16, 2, mask=True, seed=3)
+    q, k, v, routing, kpm = _to(DEVICE, *_case(1, 1, 3, 200, 16, 16, 2, mask=True, seed=3))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out = bra(q, k, v, routing, key_padding_mask=kpm, backend="triton")
     ref = bra_reference(q, k, v, routing, key_padding_mask=kpm)
@@ -237,8 +260,8 @@ def test_triton_large_region_is_tiled():
 @needs_triton
 def test_triton_repeated_routing_matches_reference():
     """A region routed twice counts twice in the softmax (as in the gather), forward and backward."""
-    q, k, v, _, _ = _case(1, 1, 3, 4, 8, 8, 2, seed=5)
-    routing = torch.tensor([[[1, 1], [0, 2], [2, 2]]])
+    q, k, v, _, _ = _to(DEVICE, *_case(1, 1, 3, 4, 8, 8, 2, seed=5))
+    routing = torch.tensor([[[1, 1], [0, 2], [2, 2]]], device=DEVICE)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out = bra(q, k, v, routing, backend="triton")
     ref = bra_reference(q, k, v, routing)
@@ -249,11 +272,14 @@ def test_triton_repeated_routing_matches_reference():
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float16, 2e-3, 0), (torch.bfloat16, 1e-4, 2**-8)])
+@pytest.mark.parametrize(
+    "dtype, atol, rtol",
+    [(torch.float16, 2e-3, 0), pytest.param(torch.bfloat16, 1e-4, 2**-8, marks=interpreter_only)],
+)
 def test_triton_half_precision_forward(dtype, atol, rtol):
-    """fp16 runs in fp16 tl.dot; bf16 is upcast to fp32 inside the kernel, so only its output rounding
-    (2**-9 relative) remains."""
-    q, k, v, routing, kpm = _case(2, 2, 6, 6, 12, 12, 3, mask=True, no_key=True, dtype=dtype, seed=11)
+    """fp16 runs in fp16 tl.dot; bf16 is upcast to fp32 inside the kernel (interpreter), so only its output
+    rounding (2**-9 relative) remains."""
+    q, k, v, routing, kpm = _to(DEVICE, *_case(2, 2, 6, 6, 12, 12, 3, mask=True, no_key=True, dtype=dtype, seed=11))
     out = bra(q, k, v, routing, key_padding_mask=kpm, backend="triton")
     assert out.dtype == dtype
     ref = bra_reference(q.float(), k.float(), v.float(), routing, key_padding_mask=kpm)
@@ -261,9 +287,11 @@ def test_triton_half_precision_forward(dtype, atol, rtol):
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-3), (torch.bfloat16, 8e-3)])
+@pytest.mark.parametrize(
+    "dtype, atol", [(torch.float16, 2e-3), pytest.param(torch.bfloat16, 8e-3, marks=interpreter_only)]
+)
 def test_triton_half_precision_backward(dtype, atol):
-    q, k, v, routing, _ = _case(1, 1, 4, 16, 16, 16, 2, dtype=dtype, seed=2)
+    q, k, v, routing, _ = _to(DEVICE, *_case(1, 1, 4, 16, 16, 16, 2, dtype=dtype, seed=2))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out = bra(q, k, v, routing, backend="triton")
     grad_out = torch.randn_like(out)
@@ -279,20 +307,22 @@ def test_triton_half_precision_backward(dtype, atol):
 def test_triton_allocates_nothing_of_gathered_size():
     """The reference allocates topk copies of K (and V); the Triton path only O(N * d) (output, LSE, grads).
 
-    Measured through the allocator (torch profiler); in the interpreter the tiles themselves live in numpy.
+    Measured through the allocator (torch profiler on CPU, the caching allocator on CUDA); in the interpreter
+    the tiles themselves live in numpy.
     """
     b, h, nr, r, d, topk = 1, 1, 8, 8, 16, 8
-    q, k, v, routing, _ = _case(b, h, nr, r, d, d, topk, seed=7)
+    q, k, v, routing, _ = _to(DEVICE, *_case(b, h, nr, r, d, d, topk, seed=7))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     gathered_bytes = topk * k.numel() * 4  # one topk-times copy of K
-    grad_out = torch.randn(b, h, nr, r, d)
+    grad_out = torch.randn(b, h, nr, r, d, device=DEVICE)
 
     def fwd_bwd(backend):
         out = bra(q, k, v, routing, backend=backend)
         return torch.autograd.grad(out, (q, k, v), grad_out)
 
-    _, peak_triton, largest_triton = _peak_bytes(lambda: fwd_bwd("triton"))
-    _, peak_ref, largest_ref = _peak_bytes(lambda: fwd_bwd("reference"))
+    fwd_bwd("triton")  # compile / autotune outside the measurement
+    _, peak_triton, largest_triton = _peak_bytes(lambda: fwd_bwd("triton"), DEVICE)
+    _, peak_ref, largest_ref = _peak_bytes(lambda: fwd_bwd("reference"), DEVICE)
     assert largest_ref >= gathered_bytes  # the measurement sees the reference's gather
     assert largest_triton < gathered_bytes / 4, largest_triton
     # output + dq + dk + dv + small per-row/per-region tables
@@ -306,7 +336,7 @@ def test_triton_allocates_nothing_of_gathered_size():
 
 
 def test_dispatch_env_and_backend(monkeypatch):
-    q, k, v, routing, _ = _case(1, 1, 2, 4, 4, 4, 1)
+    q, k, v, routing, _ = _to(DEVICE or "cpu", *_case(1, 1, 2, 4, 4, 4, 1))
     ref = bra_reference(q, k, v, routing)
     monkeypatch.setenv("VISIONATTN_KERNELS", "reference")
     torch.testing.assert_close(bra(q, k, v, routing), ref)
@@ -328,7 +358,7 @@ def test_dispatch_env_and_backend(monkeypatch):
 
 @needs_triton
 def test_dispatch_env_triton(monkeypatch):
-    q, k, v, routing, _ = _case(1, 1, 2, 4, 4, 4, 1)
+    q, k, v, routing, _ = _to(DEVICE, *_case(1, 1, 2, 4, 4, 4, 1))
     monkeypatch.setenv("VISIONATTN_KERNELS", "triton")
     torch.testing.assert_close(bra(q, k, v, routing), bra_reference(q, k, v, routing), atol=1e-5, rtol=1e-5)
     assert last_path("bra") == "triton"
@@ -381,13 +411,13 @@ def test_auto_falls_back_to_reference_for_unsupported_dtype(monkeypatch):
 
 @needs_triton
 def test_triton_constraint_errors():
-    q, k, v, routing, _ = _case(1, 1, 3, 4, 4, 4, 2)
+    q, k, v, routing, _ = _to(DEVICE, *_case(1, 1, 3, 4, 4, 4, 2))
     with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
         bra(q.double(), k.double(), v.double(), routing, backend="triton")
-    big = torch.randn(1, 1, 3, 4, 300)
+    big = torch.randn(1, 1, 3, 4, 300, device=DEVICE)
     with pytest.raises(ValueError, match="head_dim <= 256"):
         bra(big, big, big, routing, backend="triton")
     with pytest.raises(ValueError, match=r"region ids in \[0, 3\]"):
-        bra(q, k, v, torch.tensor([[[0, 3], [1, 2], [0, 1]]]), backend="triton")
+        bra(q, k, v, torch.tensor([[[0, 3], [1, 2], [0, 1]]], device=DEVICE), backend="triton")
     with pytest.raises(ValueError, match="scale"):
         bra(q, k, v, routing, scale=float("inf"), backend="triton")

@@ -1,5 +1,8 @@
-"""halo_attn: reference vs an independent dense formulation and timm's HaloAttn, Triton (interpreter) vs the
-reference, timm HaloNet through use_halo_op, dispatch and errors."""
+"""halo_attn: reference vs an independent dense formulation and timm's HaloAttn, Triton vs the reference,
+timm HaloNet through use_halo_op, dispatch and errors.
+
+The Triton tests run on ``_dispatch.triton_device()``: CUDA tensors on a GPU host, else the interpreter on CPU.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ from visionattn.kernels import halo as halo_mod
 from visionattn.kernels.halo import HaloAttentionOp, halo_attn, halo_attn_reference
 
 from visionattn.layers.halo import HaloAttnOnKernel, use_halo_op
+
+DEVICE = _dispatch.triton_device()  # where the Triton path runs here (None: nowhere)
+needs_triton = pytest.mark.skipif(
+    DEVICE is None, reason="triton is not installed, or there is neither a GPU nor TRITON_INTERPRET=1"
+)
 
 
 def dense_halo(q, k, v, bs, halo, stride, rh=None, rw=None, scale=None, scale_pos_embed=False, pad_mode="zeros"):
@@ -168,7 +176,12 @@ def test_matches_timm_halo_attn(bs, halo, stride, spe):
             rel_width=timm_attn.pos_embed.width_rel,
             scale_pos_embed=spe,
         )
+        # timm's output is (B, heads * dv, Hq, Wq) of the same attention, pooled by timm when it cannot stride
+        # the queries (block 7, stride 2): lay ours out the same way and apply timm's own pool
+        b, nh, hq, wq, dv = out.shape
+        as_timm = timm_attn.pool(out.permute(0, 1, 4, 2, 3).reshape(b, nh * dv, hq, wq))
     assert out.shape[2:4] == q.shape[2:4]
+    torch.testing.assert_close(as_timm, expected, rtol=0, atol=1e-5)
     assert layer.q is timm_attn.q and layer.pos_embed is timm_attn.pos_embed  # shared, not copied
     assert layer.state_dict().keys() == timm_attn.state_dict().keys()
 
@@ -230,7 +243,7 @@ def _triton_vs_reference(shape, dtype, pad_mode="zeros", spe=False, rel=True, no
     q, k, v, rh, rw = make_inputs(b, nh, h, w, bs, halo, stride, d, dv, dtype=torch.float32, rel=rel)
     if non_contiguous:  # conv-style (B, heads, d, H, W) storage, as HaloAttnOnKernel passes it
         q, k, v = (t.permute(0, 1, 4, 2, 3).contiguous().permute(0, 1, 3, 4, 2) for t in (q, k, v))
-    ins = [None if t is None else t.to(dtype).requires_grad_() for t in (q, k, v, rh, rw)]
+    ins = [None if t is None else t.to(DEVICE, dtype).requires_grad_() for t in (q, k, v, rh, rw)]
     out = halo_attn(
         *ins[:3],
         bs,
@@ -243,7 +256,7 @@ def _triton_vs_reference(shape, dtype, pad_mode="zeros", spe=False, rel=True, no
     )
     assert _dispatch.last_path("halo_attn") == "triton"
     assert out.dtype == dtype
-    ref_ins = [None if t is None else t.detach().float().requires_grad_() for t in ins]
+    ref_ins = [None if t is None else t.detach().float().requires_grad_() for t in ins]  # on DEVICE too
     ref = halo_attn_reference(
         *ref_ins[:3], bs, halo, rel_height=ref_ins[3], rel_width=ref_ins[4], scale_pos_embed=spe, pad_mode=pad_mode
     )
@@ -258,6 +271,7 @@ TINY = [
 ]
 
 
+@needs_triton
 @pytest.mark.parametrize("shape", TINY)
 @pytest.mark.parametrize("pad_mode", ["zeros", "mask"])
 def test_triton_forward_backward_fp32(shape, pad_mode):
@@ -271,6 +285,7 @@ def test_triton_forward_backward_fp32(shape, pad_mode):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-4, msg=f"d{name}")
 
 
+@needs_triton
 def test_triton_without_tables_and_with_one():
     for rel in (False, True):
         ins, out, ref_ins, ref = _triton_vs_reference((1, 1, 8, 4, 4, 1, 1, 16, 16), torch.float32, "mask", rel=rel)
@@ -286,6 +301,7 @@ def test_triton_without_tables_and_with_one():
             torch.testing.assert_close(a, e, rtol=0, atol=1e-4)
 
 
+@needs_triton
 def test_triton_fp16_forward_and_backward():
     ins, out, ref_ins, ref = _triton_vs_reference(TINY[0], torch.float16, "zeros")
     assert (out.float() - ref).abs().max().item() <= 2e-3
@@ -297,6 +313,10 @@ def test_triton_fp16_forward_and_backward():
         assert (a.float() - e).abs().max().item() <= 1e-2 * max(1.0, e.abs().max().item())
 
 
+@needs_triton
+@pytest.mark.skipif(
+    not _dispatch.interpreting(), reason="checks the interpreter's bf16 upcast (GPU: test_kernel_gpu.py)"
+)
 def test_triton_bf16_forward_upcast():
     _, out, _, ref = _triton_vs_reference(TINY[0], torch.bfloat16, "mask")
     assert out.dtype == torch.bfloat16
@@ -304,9 +324,10 @@ def test_triton_bf16_forward_upcast():
     assert (out.float() - ref).abs().max().item() <= 3e-2
 
 
+@needs_triton
 def test_triton_layer_matches_timm_forward_and_backward():
-    timm_attn = HaloAttn(8, 16, num_heads=2, block_size=4, halo_size=1, scale_pos_embed=True).train()
-    x = torch.randn(1, 8, 8, 8, requires_grad=True)
+    timm_attn = HaloAttn(8, 16, num_heads=2, block_size=4, halo_size=1, scale_pos_embed=True).train().to(DEVICE)
+    x = torch.randn(1, 8, 8, 8).to(DEVICE).requires_grad_()
     params = [x, timm_attn.q.weight, timm_attn.kv.weight, timm_attn.pos_embed.height_rel, timm_attn.pos_embed.width_rel]
     exp = timm_attn(x)
     g = torch.randn_like(exp)
@@ -317,10 +338,11 @@ def test_triton_layer_matches_timm_forward_and_backward():
         torch.testing.assert_close(a, e, rtol=0, atol=1e-4)
 
 
+@needs_triton
 @pytest.mark.slow
 def test_triton_halonet26t_logits():
-    model = timm.create_model("halonet26t", pretrained=False).eval()
-    x = torch.randn(1, 3, 256, 256)
+    model = timm.create_model("halonet26t", pretrained=False).eval().to(DEVICE)
+    x = torch.randn(1, 3, 256, 256).to(DEVICE)
     with torch.no_grad():
         feats = model.forward_features(x)
         use_halo_op(model, backend="triton")
@@ -328,10 +350,11 @@ def test_triton_halonet26t_logits():
     assert _dispatch.last_path("halo_attn") == "triton"
 
 
+@needs_triton
 @pytest.mark.parametrize("rows", [1, 16])
 def test_triton_key_tile_heights(monkeypatch, rows):
     # one window row per iteration, and the whole window in one tile
-    monkeypatch.setattr(halo_mod, "_INTERPRET_ROWS", rows)
+    monkeypatch.setitem(halo_mod._INTERPRET, "ROWS", rows)  # the interpreter's config (a GPU autotunes)
     ins, out, ref_ins, ref = _triton_vs_reference((1, 1, 16, 8, 8, 2, 2, 16, 16), torch.float32, "zeros")
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     got = torch.autograd.grad(out.sum(), ins)
@@ -342,21 +365,23 @@ def test_triton_key_tile_heights(monkeypatch, rows):
 # ---------------------------------------------------------------- dispatch and errors
 
 
+@needs_triton
 def test_dispatch_paths(monkeypatch):
-    q, k, v, rh, rw = make_inputs(1, 1, 4, 4, 4, 1, 1, 16, 16, dtype=torch.float32)
+    q, k, v, rh, rw = (t.to(DEVICE) for t in make_inputs(1, 1, 4, 4, 4, 1, 1, 16, 16, dtype=torch.float32))
     op = HaloAttentionOp(4, 1, backend="reference")
     ref = op(q, k, v, rh, rw)
     assert _dispatch.last_path("halo_attn") == "reference"
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
-    halo_attn(q, k, v, 4, 1, rel_height=rh, rel_width=rw)  # auto on CPU tensors: the reference
-    assert _dispatch.last_path("halo_attn") == "reference"
+    halo_attn(q, k, v, 4, 1, rel_height=rh, rel_width=rw)  # auto: the kernel on CUDA tensors, else the reference
+    assert _dispatch.last_path("halo_attn") == ("triton" if q.is_cuda else "reference")
     monkeypatch.setenv(_dispatch.ENV_VAR, "triton")
     out = halo_attn(q, k, v, 4, 1, rel_height=rh, rel_width=rw)
     assert _dispatch.last_path("halo_attn") == "triton"
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    # the kernels take no float64: an explicit request says so, the automatic path falls back
+    # the kernels take no float64: an explicit request says so (a TypeError, as for every op), the automatic
+    # path falls back
     q64, k64, v64 = q.double(), k.double(), v.double()
-    with pytest.raises(ValueError, match="float64"):
+    with pytest.raises(TypeError, match="float64"):
         halo_attn(q64, k64, v64, 4, 1)
     monkeypatch.setenv(_dispatch.ENV_VAR, "auto")
     halo_attn(q64, k64, v64, 4, 1, backend="auto")

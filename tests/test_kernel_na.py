@@ -1,5 +1,8 @@
 """2-D neighborhood attention: reference vs a naive dense form written from NATTEN's rules, Triton kernels
-(run by the interpreter on CPU) vs the reference, natten itself when it is installed, dispatch and errors."""
+vs the reference, natten itself when it is installed, dispatch and errors.
+
+The Triton tests run on ``_dispatch.triton_device()``: CUDA tensors on a GPU host, else the interpreter on CPU.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,11 @@ import torch
 from visionattn.kernels import _dispatch
 from visionattn.kernels import neighborhood as nb
 from visionattn.kernels.neighborhood import NeighborhoodAttention2DOp, na2d, na2d_reference, neighbor_index
+
+DEVICE = _dispatch.triton_device()  # where the Triton path runs here (None: nowhere)
+needs_triton = pytest.mark.skipif(
+    DEVICE is None, reason="triton is not installed, or there is neither a GPU nor TRITON_INTERPRET=1"
+)
 
 # ------------------------------------------------------------------------------------------------------------
 # an independent dense implementation: (HW x HW) mask and bias built query by query from the written-out rule
@@ -70,7 +78,8 @@ class Case:
     d: int = 16
     scale: float | None = None
 
-    def tensors(self, dtype=torch.float32, requires_grad=False):
+    def tensors(self, dtype=torch.float32, requires_grad=False, device="cpu"):
+        """Inputs drawn on the CPU (the seeded default generator), then moved to ``device``."""
         shape = (self.b, self.heads, self.h, self.w, self.d)
         kh, kw = self.kernel
         out = {
@@ -83,7 +92,7 @@ class Case:
         }
         for name, t in out.items():
             if t is not None:
-                out[name] = t.to(torch.float32 if name == "rpb" and dtype != torch.float64 else dtype)
+                out[name] = t.to(device, torch.float32 if name == "rpb" and dtype != torch.float64 else dtype)
                 out[name].requires_grad_(requires_grad)
         return out
 
@@ -212,8 +221,12 @@ def test_forward_matches_natten(case):
             dilation=case.dilation, **extra,
         ).movedim(-2, 1)  # fmt: skip
         ref = na2d_reference(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t))
-        tri = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
+        if DEVICE is not None:
+            td = {name: None if x is None else x.to(DEVICE) for name, x in t.items()}
+            tri = na2d(td["q"], td["k"], td["v"], **case.kwargs(), **_extras(td), backend="triton").cpu()
     torch.testing.assert_close(ref, expected, atol=1e-5, rtol=0)
+    if DEVICE is None:
+        pytest.skip("the reference matched natten; the Triton path has no device here")
     torch.testing.assert_close(tri, expected, atol=1e-5, rtol=0)
 
 
@@ -221,9 +234,10 @@ def test_forward_matches_natten(case):
 # Triton kernels (interpreter on CPU) against the reference
 
 
+@needs_triton
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_triton_forward_fp32(case):
-    t = case.tensors(torch.float32)
+    t = case.tensors(torch.float32, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     assert _dispatch.last_path("na2d") == "triton"
     ref, _ = _reference64(case, t)
@@ -231,28 +245,34 @@ def test_triton_forward_fp32(case):
     assert (out.double() - ref).abs().max().item() <= 1e-5
 
 
+@needs_triton
 @pytest.mark.parametrize("case", [CASES[2], CASES[3]], ids=[CASES[2].id, CASES[3].id])
 def test_triton_forward_fp16(case):
-    t = case.tensors(torch.float16)
+    t = case.tensors(torch.float16, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     ref, _ = _reference64(case, t)
     assert out.dtype == torch.float16
     assert (out.double() - ref).abs().max().item() <= 2e-3
 
 
+@needs_triton
+@pytest.mark.skipif(
+    not _dispatch.interpreting(), reason="checks the interpreter's bf16 upcast (GPU: test_kernel_gpu.py)"
+)
 def test_triton_forward_bf16_upcast():
     # the interpreter cannot multiply bf16, so the kernel upcasts in-kernel there; the result is still bf16
     case = CASES[0]
-    t = case.tensors(torch.bfloat16)
+    t = case.tensors(torch.bfloat16, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     ref, _ = _reference64(case, t)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double(), ref, atol=1e-2, rtol=1e-2)
 
 
+@needs_triton
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_triton_backward_fp32(case):
-    t = case.tensors(torch.float32, requires_grad=True)
+    t = case.tensors(torch.float32, requires_grad=True, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, _leaves(t), grad_out)
@@ -264,6 +284,7 @@ def test_triton_backward_fp32(case):
         assert err <= 1e-4, f"d{name}: max abs error {err:.2e}"
 
 
+@needs_triton
 @pytest.mark.parametrize(
     "case",
     [
@@ -280,7 +301,7 @@ def test_triton_small_tiles_many_chunks(monkeypatch, case):
     monkeypatch.setitem(nb._INTERPRET_TILE, "TW", 4)
     monkeypatch.setitem(nb._INTERPRET_TILE, "BN", 16)
     monkeypatch.setitem(nb._INTERPRET_EXTRA, "BN", 16)
-    t = case.tensors(torch.float32, requires_grad=True)
+    t = case.tensors(torch.float32, requires_grad=True, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, _leaves(t), grad_out)
@@ -290,6 +311,7 @@ def test_triton_small_tiles_many_chunks(monkeypatch, case):
         assert (g.double() - r).abs().max().item() <= 1e-4
 
 
+@needs_triton
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
@@ -300,7 +322,7 @@ def test_triton_small_tiles_many_chunks(monkeypatch, case):
     ids=lambda c: c.id,
 )
 def test_triton_larger_maps(case):
-    t = case.tensors(torch.float32, requires_grad=True)
+    t = case.tensors(torch.float32, requires_grad=True, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, _leaves(t), grad_out)
@@ -310,10 +332,11 @@ def test_triton_larger_maps(case):
         assert (g.double() - r).abs().max().item() <= 1e-4
 
 
+@needs_triton
 @pytest.mark.slow
 def test_triton_backward_fp16():
     case = CASES[3]
-    t = case.tensors(torch.float16, requires_grad=True)
+    t = case.tensors(torch.float16, requires_grad=True, device=DEVICE)
     out = na2d(t["q"], t["k"], t["v"], **case.kwargs(), **_extras(t), backend="triton")
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, _leaves(t), grad_out)
@@ -327,16 +350,17 @@ def test_triton_backward_fp16():
 # dispatch, module, errors
 
 
-def _small():
-    return torch.randn(1, 1, 6, 7, 8), torch.randn(1, 1, 6, 7, 8), torch.randn(1, 1, 6, 7, 8)
+def _small(device="cpu"):
+    return tuple(torch.randn(1, 1, 6, 7, 8).to(device) for _ in range(3))
 
 
+@needs_triton
 def test_dispatch_paths(monkeypatch):
-    q, k, v = _small()
+    q, k, v = _small(DEVICE)
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
     ref = na2d_reference(q, k, v, 3)
-    out = na2d(q, k, v, 3)  # auto on CPU tensors -> reference
-    assert _dispatch.last_path("na2d") == "reference"
+    out = na2d(q, k, v, 3)  # auto: the kernel on CUDA tensors, the reference on CPU tensors
+    assert _dispatch.last_path("na2d") == ("triton" if q.is_cuda else "reference")
     torch.testing.assert_close(out, ref)
     out = na2d(q, k, v, 3, backend="triton")
     assert _dispatch.last_path("na2d") == "triton"
@@ -349,14 +373,19 @@ def test_dispatch_paths(monkeypatch):
     assert _dispatch.last_path("na2d") == "reference"
 
 
+@needs_triton
 def test_dispatch_dtype_the_kernel_does_not_take(monkeypatch):
-    q, k, v = (x.double() for x in _small())
+    # the same rule as every op (visionattn.kernels._dispatch): a dtype the kernels do not take is a TypeError
+    q, k, v = (x.double() for x in _small(DEVICE))
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match="float64"):
+    with pytest.raises(TypeError, match="float64"):
         na2d(q, k, v, 3, backend="triton")
     monkeypatch.setenv(_dispatch.ENV_VAR, "triton")
-    with pytest.raises(ValueError, match="backend='reference'"):
+    with pytest.raises(TypeError, match="backend='reference'"):
         na2d(q, k, v, 3)
+    monkeypatch.setenv(_dispatch.ENV_VAR, "auto")
+    na2d(q, k, v, 3)  # the automatic path falls back
+    assert _dispatch.last_path("na2d") == "reference"
     torch.testing.assert_close(na2d(q, k, v, 3, backend="reference"), na2d_reference(q, k, v, 3))
 
 
