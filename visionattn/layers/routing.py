@@ -67,6 +67,7 @@ class BiLevelRoutingAttention(nn.Module):
         mask_padding: keep padded tokens out of routing, attention and LePE (see the module docstring).
         proj_drop: dropout after the output projection.
         backend: kernel path for :func:`visionattn.kernels.bra` (None: environment / device).
+        device, dtype: factory kwargs of the parameters (timm's convention; ``device="meta"`` allocates nothing).
     """
 
     def __init__(
@@ -81,8 +82,11 @@ class BiLevelRoutingAttention(nn.Module):
         mask_padding: bool = True,
         proj_drop: float = 0.0,
         backend: str | None = None,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         qk_dim = qk_dim or dim
         if num_heads < 1 or dim % num_heads or qk_dim % num_heads:
             raise ValueError(
@@ -107,9 +111,11 @@ class BiLevelRoutingAttention(nn.Module):
         self.scale = qk_scale or qk_dim**-0.5
 
         # One projection whose rows are [q | k | v], each head-major, as in the official checkpoints.
-        self.qkv = nn.Linear(dim, 2 * qk_dim + dim)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv else None
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, **dd)
+        self.lepe = (
+            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd) if side_dwconv else None
+        )
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def extra_repr(self) -> str:

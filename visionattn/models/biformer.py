@@ -52,14 +52,15 @@ class ConvStem(nn.Module):
     Checks the input against the family's size rule (each side >= ``min_input_size``) with a clear error.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, min_input_size: int = MIN_INPUT_SIZE):
+    def __init__(self, in_chs: int, out_chs: int, min_input_size: int = MIN_INPUT_SIZE, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.min_input_size = min_input_size
-        self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1)
-        self.norm1 = nn.BatchNorm2d(out_chs // 2)
+        self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1, **dd)
+        self.norm1 = nn.BatchNorm2d(out_chs // 2, **dd)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1)
-        self.norm2 = nn.BatchNorm2d(out_chs)
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1, **dd)
+        self.norm2 = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input_size(x, self.min_input_size)
@@ -72,11 +73,12 @@ class PatchStem(nn.Module):
     Checks the input against the family's size rule (each side >= ``min_input_size``) with a clear error.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, min_input_size: int = MIN_INPUT_SIZE):
+    def __init__(self, in_chs: int, out_chs: int, min_input_size: int = MIN_INPUT_SIZE, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.min_input_size = min_input_size
-        self.conv = nn.Conv2d(in_chs, out_chs, 4, stride=4)
-        self.norm = nn.BatchNorm2d(out_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, 4, stride=4, **dd)
+        self.norm = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input_size(x, self.min_input_size)
