@@ -232,23 +232,35 @@ def run_jobs(jobs_: list[dict], workers: int = 1, timeout: float | None = None) 
     if not jobs_:
         return []
     workers = max(1, min(workers, len(jobs_)))
-    chunks = [jobs_[i::workers] for i in range(workers)]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DUMP_PTXAS_LOG"] = "1"
-    procs = []
+    results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="visionattn-aot-") as tmp:
-        for i, chunk in enumerate(chunks):
-            env_i = dict(env, TRITON_CACHE_DIR=os.path.join(tmp, f"cache{i}"))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "visionattn.kernels._aot"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_i, text=True,
-            )  # fmt: skip
-            procs.append((proc, chunk))
-        results: dict[int, dict] = {}
-        for i, (proc, chunk) in enumerate(procs):
-            out, err = proc.communicate(json.dumps(chunk), timeout=timeout)
-            recs = [json.loads(line[len("AOT ") :]) for line in out.splitlines() if line.startswith("AOT ")]
+        procs = []
+        for i in range(workers):
+            chunk = jobs_[i::workers]
+            jobs_path, out_path = os.path.join(tmp, f"jobs{i}.json"), os.path.join(tmp, f"out{i}.jsonl")
+            with open(jobs_path, "w") as f:
+                json.dump(chunk, f)
+            with open(out_path, "w") as out, open(os.path.join(tmp, f"err{i}.txt"), "w") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "visionattn.kernels._aot", jobs_path],
+                    stdout=out, stderr=err, env=dict(env, TRITON_CACHE_DIR=os.path.join(tmp, f"cache{i}")),
+                )  # fmt: skip
+            procs.append((proc, chunk, out_path))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for i, (proc, chunk, out_path) in enumerate(procs):
+            try:
+                proc.wait(None if deadline is None else max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for p, _, _ in procs:
+                    p.kill()
+                raise
+            with open(out_path) as f:
+                recs = [json.loads(line[len("AOT ") :]) for line in f if line.startswith("AOT ")]
             if proc.returncode != 0 or len(recs) != len(chunk):
+                with open(os.path.join(tmp, f"err{i}.txt")) as f:
+                    err = f.read()
                 raise RuntimeError(
                     f"AOT worker {i} exited with {proc.returncode} after {len(recs)} jobs:\n{err[-4000:]}"
                 )
@@ -258,8 +270,9 @@ def run_jobs(jobs_: list[dict], workers: int = 1, timeout: float | None = None) 
 
 
 def _main() -> None:
-    for job in json.loads(sys.stdin.read()):
-        print("AOT " + json.dumps(compile_job(job)), flush=True)
+    with open(sys.argv[1]) as f:
+        for job in json.load(f):
+            print("AOT " + json.dumps(compile_job(job)), flush=True)
 
 
 if __name__ == "__main__":
