@@ -208,6 +208,10 @@ def _make_model(
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint={path!r} does not exist; pass an official or converted weights file")
         overlay["file"] = path
+        # the file's classifier is kept when the model is built with its class count (timm drops a classifier
+        # whose count differs from the cfg's)
+        if "num_classes" in kwargs:
+            overlay.setdefault("num_classes", kwargs["num_classes"])
         pretrained = True
     if sha256 is not None:
         if not pretrained:
@@ -217,7 +221,16 @@ def _make_model(
         kwargs["pretrained_cfg_overlay"] = overlay
     # visionattn.create_model: published weights and files come through the safe loader and the family's
     # converter, for timm-bound families too.
-    return visionattn.create_model(model_or_name, pretrained=pretrained, **kwargs)
+    if not pretrained:
+        return visionattn.create_model(model_or_name, **kwargs)
+    from .pretrained import CheckpointError
+
+    try:
+        return visionattn.create_model(model_or_name, pretrained=True, **kwargs)
+    except RuntimeError as e:  # timm's "no pretrained weights", a state_dict that does not fit the model
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"could not load pretrained weights into {model_or_name}: {e}") from e
 
 
 def _flat_outputs(out: Any) -> list[torch.Tensor]:
