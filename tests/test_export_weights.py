@@ -216,3 +216,13 @@ def test_cli_model_kwargs_syntax(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["test_convnext", "--kwargs", "num_classes=3"])  # the old flag is gone
+
+
+@pytest.mark.slow
+def test_dynamic_size_dynamo_exporter(tmp_path):
+    net = ConvNet().eval()
+    report = export_onnx(
+        net, tmp_path / "d.onnx", (3, 32, 48), extra_sizes=[(3, 40, 24)], dynamic_size=True, exporter="dynamo"
+    )
+    assert len(report.paths) == 1 and [c.input_size[1:] for c in report.checks] == [(32, 48)] * 2 + [(40, 24)] * 2
+    assert all(c.ok and c.max_abs_err <= 1e-5 for c in report.checks)

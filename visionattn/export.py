@@ -10,22 +10,23 @@ mapped by the family's converter).
 
 Exporter choice: the TorchScript-based exporter (``exporter="legacy"``, ``dynamo=False``) is the default.
 Both exporters handle every model here with a dynamic batch axis and give the same onnxruntime outputs
-and speed, but the legacy one exports ten times faster (torch 2.14.1, one CPU thread: biformer_tiny at 224
-4.4 s vs 53.6 s, both 1.1e-6 from PyTorch, onnxruntime 123 vs 129 ms per image; vit_tiny_patch16_224 0.8 s
-vs 9.4 s). ``exporter="dynamo"`` (the ``torch.export`` path) stays available because the legacy exporter is
-deprecated upstream.
+and speed, but the legacy one exports ten times faster (torch 2.14.1, one CPU thread: a 13 M-parameter BRA
+pyramid at 224 4.4 s vs 53.6 s, both 1.1e-6 from PyTorch, onnxruntime 123 vs 129 ms per image; timm's
+vit_tiny_patch16_224 0.8 s vs 9.4 s). ``exporter="dynamo"`` (the ``torch.export`` path) stays available
+because the legacy exporter is deprecated upstream.
 
 Routing top-k and parity: models that route (BRA picks the top-k key regions per query region) select
 through ``TopK``. PyTorch and onnxruntime compute the routing logits with different summation orders, so a
 near-tie between the k-th and (k+1)-th logit (a gap of about 1e-7) can be broken differently; the sample then
-attends to other regions and its output legitimately differs by far more than the tolerance (biformer_base,
-random init, batch 3 at 224: one sample of three, 7.5e-3). :func:`check_onnx` therefore compares every sample
-at the full tolerance and, when a sample differs, reads the routing logits and indices of every ``TopK`` from
-both runtimes: a sample whose first differing selection is a near-tie that the two runtimes' logit rounding
-explains (torch's gap between the swapped regions <= their summed |onnxruntime - torch| logit difference, and
-that difference within the tolerance) is reported as a :class:`RoutingFlip` and redrawn; anything else fails.
+attends to other regions and its output legitimately differs by far more than the tolerance (a 57 M-parameter
+BRA pyramid, random init, batch 3 at 224: one sample of three, 7.5e-3 from one flip at a margin of 4.5e-8).
+:func:`check_onnx` therefore compares every sample at the full tolerance and, when a sample differs, reads the
+routing logits and indices of every ``TopK`` from both runtimes: a sample whose first differing selection is a
+near-tie that the two runtimes' logit rounding explains (torch's margin between the swapped regions <= their
+summed |onnxruntime - torch| logit difference, and that difference within the tolerance) is reported as a
+:class:`RoutingFlip` and redrawn; anything else fails.
 
-BRA graphs: the official BiFormer code gathers routed K/V with ``torch.gather`` on an ``expand``-ed
+BRA graphs: the official BRA code gathers routed K/V with ``torch.gather`` on an ``expand``-ed
 ``(B, regions, regions, ...)`` view; ONNX materialises that ``Expand`` (regions times the K/V tensor).
 :func:`find_expand_fed_gathers` finds that pattern in an exported graph; visionattn's BRA gathers
 through flat indices and exports without it.
@@ -696,7 +697,7 @@ def find_expand_fed_gathers(model: Any, sample: Any = None, *, allow_batch_broad
     per-image tensor broadcast over the batch, e.g. a padding mask; with ``allow_batch_broadcast=False``
     that is reported too). Expands inside functions have no concrete shapes and are always reported.
     A report reads ``"<gather op> <name> <- Expand <name> <input shape> -> <output shape>"``. The official
-    BiFormer KV gather produces two: the K/V view ``(B, 1, n, R, C) -> (B, n, n, R, C)`` (n regions)
+    BRA K/V gather produces two: the K/V view ``(B, 1, n, R, C) -> (B, n, n, R, C)`` (n regions)
     and its index ``(B, n, topk, 1, 1) -> (B, n, topk, R, C)``.
     """
     onnx, _ = require_onnx()
