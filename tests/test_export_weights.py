@@ -226,3 +226,29 @@ def test_dynamic_size_dynamo_exporter(tmp_path):
     )
     assert len(report.paths) == 1 and [c.input_size[1:] for c in report.checks] == [(32, 48)] * 2 + [(40, 24)] * 2
     assert all(c.ok and c.max_abs_err <= 1e-5 for c in report.checks)
+
+
+def test_converted_checkpoint_exports_and_tools_share_the_kwargs_syntax(tmp_path, capsys):
+    """Official fixture -> tools/convert_checkpoint.py (our layout) -> tools/export_onnx.py --checkpoint, both
+    with ``--model-kwargs KEY=VALUE``: onnxruntime reproduces the official logits."""
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", ROOT / "tools" / "convert_checkpoint.py")
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    kwargs = ["depths=(1,1,2,1)", "embed_dims=(32,64,64,64)", "num_classes=10"]
+    ours = tmp_path / "ours.safetensors"
+    assert (
+        convert.main(
+            ["biformer_tiny", str(FIXTURES / "biformer_reduced_official.pth"), str(ours), "--model-kwargs", *kwargs]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "ours.onnx"
+    args = ["biformer_tiny", "--out", str(out), "--size", "112", "112", "--checkpoint", str(ours)]
+    assert _cli().main([*args, "--model-kwargs", *kwargs]) == 0
+    assert "checkpoint " + str(ours) in capsys.readouterr().out
+    ref = torch.load(FIXTURES / "biformer_reduced_outputs.pt", weights_only=True)
+    torch.testing.assert_close(_run(out, ref["input"].float()).double(), ref["logits"], atol=1e-4, rtol=0)
+    with pytest.raises(SystemExit):  # the JSON form is gone from every tool
+        convert.main(["biformer_tiny", str(ours), str(tmp_path / "x.pth"), "--model-kwargs", '{"num_classes": 10}'])
+    assert "KEY=VALUE" in capsys.readouterr().err
