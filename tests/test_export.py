@@ -114,6 +114,21 @@ def test_official_gather_is_flagged(tmp_path):
     ]
 
 
+def test_graph_with_external_weights(tmp_path):
+    """A graph whose weights are external data (as exporters write graphs over 2 GB): the Expand finder and the
+    check read it in place."""
+    model = TinyBRA(official=True)
+    report = export_onnx(model, tmp_path / "inline.onnx", (3, 32, 32), batch=2)
+    external = tmp_path / "ext" / "external.onnx"
+    external.parent.mkdir()
+    onnx.save(onnx.load(report.path), str(external), save_as_external_data=True, location="w.bin", size_threshold=0)
+    assert (external.parent / "w.bin").stat().st_size > 0
+    sample = torch.randn(3, 3, 32, 32).numpy()
+    assert find_expand_fed_gathers(external, sample=sample) == find_expand_fed_gathers(report.path, sample=sample)
+    assert len(find_expand_fed_gathers(external, sample=sample)) == 2
+    assert all(c.ok for c in check_onnx(model, external, (3, 32, 32), (2, 3)))
+
+
 def test_batch_baked_into_graph_fails_the_check(tmp_path):
     class BakesBatch(nn.Module):
         def forward(self, x):

@@ -92,6 +92,18 @@ def test_near_tie_flip_is_reported_and_redrawn(exported):
     assert all(c.max_abs_err <= 1e-4 for c in checks)
 
 
+def test_routing_probe_reads_external_weights(exported):
+    """The probe graph (TopK logits and indices as outputs) resolves weights kept as external data."""
+    folder, _ = exported
+    edited = _edit_topk_input(folder / "router.onnx", folder / "tie_x.onnx", _add_to_last_region(-5e-5))
+    (folder / "ext").mkdir()
+    external = folder / "ext" / "tie.onnx"
+    onnx.save(onnx.load(str(edited)), str(external), save_as_external_data=True, location="w.bin", size_threshold=0)
+    checks = check_onnx(ToyRouter().eval(), external, SIZE, (4, 5), redraws=8)
+    assert any(c.routing_flips for c in checks) and all(c.ok for c in checks)
+    assert sorted(p.name for p in (folder / "ext").iterdir()) == ["tie.onnx", "w.bin"]  # no probe file left
+
+
 def test_near_tie_in_every_draw_fails(exported):
     folder, _ = exported
     edited = _edit_topk_input(folder / "router.onnx", folder / "tie0.onnx", _add_to_last_region(-5e-5))

@@ -659,8 +659,9 @@ def _sample_input(model: Any) -> Any:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def _run_shapes(model: Any, names: list[str], sample: Any) -> dict[str, tuple]:
-    """Concrete shapes of the tensors ``names`` when ``model`` runs on ``sample`` in onnxruntime."""
+def _run_shapes(model: Any, names: list[str], sample: Any, folder: str | None = None) -> dict[str, tuple]:
+    """Concrete shapes of the tensors ``names`` when ``model`` runs on ``sample`` in onnxruntime (``folder``: where
+    ``model``'s external weights lie, for a graph loaded without them)."""
     onnx, ort = require_onnx()
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer if t.name in names}
     probe = onnx.ModelProto()
@@ -674,7 +675,16 @@ def _run_shapes(model: Any, names: list[str], sample: Any) -> dict[str, tuple]:
     opts.log_severity_level = 3
     # Unoptimised, so that no intermediate tensor is fused away before it can be read.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if folder is None:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    else:  # beside the external weights, which resolve relative to the graph file
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
+        os.close(fd)
+        try:
+            onnx.save(probe, tmp)
+            sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
+        finally:
+            os.remove(tmp)
     outs = sess.run(wanted, {sess.get_inputs()[0].name: sample})
     shapes.update({n: tuple(o.shape) for n, o in zip(wanted, outs)})
     return shapes
@@ -701,8 +711,11 @@ def find_expand_fed_gathers(model: Any, sample: Any = None, *, allow_batch_broad
     and its index ``(B, n, topk, 1, 1) -> (B, n, topk, R, C)``.
     """
     onnx, _ = require_onnx()
+    folder = None
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        # weights stay on disk: a graph over 2 GB keeps them as external data, which the probe reads in place
+        folder = os.path.dirname(os.path.abspath(str(model)))
+        model = onnx.load(str(model), load_external_data=False)
     found = []
     for graph in [model.graph, *model.functions]:
         producers = _producers(graph)
@@ -718,7 +731,10 @@ def find_expand_fed_gathers(model: Any, sample: Any = None, *, allow_batch_broad
                 if prod is not None and prod.op_type == "Expand":
                     found.append((node, prod, graph is model.graph))
     in_main = [t for g, e, main in found if main for t in (e.input[0], e.output[0])]
-    shapes = _run_shapes(model, in_main, _sample_input(model) if sample is None else sample) if in_main else {}
+    if in_main:
+        shapes = _run_shapes(model, in_main, _sample_input(model) if sample is None else sample, folder)
+    else:
+        shapes = {}
     hits = []
     for g, e, main in found:
         src, dst = shapes.get(e.input[0]), shapes.get(e.output[0])
