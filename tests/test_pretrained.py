@@ -365,8 +365,8 @@ def _load_tool():
 def test_convert_checkpoint_round_trip(official_fp32, tmp_path, capsys, suffix):
     tool = _load_tool()
     dst = tmp_path / f"biformer_reduced{suffix}"
-    kwargs = '{"depths": [1, 1, 2, 1], "embed_dims": [32, 64, 64, 64], "num_classes": 10}'
-    assert tool.main(["biformer_tiny", str(official_fp32), str(dst), "--model-kwargs", kwargs, "--hash-name"]) == 0
+    kwargs = ["depths=(1,1,2,1)", "embed_dims=(32,64,64,64)", "num_classes=10"]
+    assert tool.main(["biformer_tiny", str(official_fp32), str(dst), "--model-kwargs", *kwargs, "--hash-name"]) == 0
     digest, printed = capsys.readouterr().out.split()
     out = Path(printed)
     assert out.name == f"biformer_reduced-{digest[:8]}{suffix}" and not dst.exists()

@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from visionattn.models._registry import DenseRecipe, Family, register_family
+from visionattn.pretrained import build_model
 
 
 class ToyBlock(nn.Module):
@@ -162,7 +163,7 @@ def toyvit_tiny(pretrained: bool = False, **kwargs) -> ToyViT:
     """Toy isotropic ViT for the shared tests."""
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     feature_cfg = dict(feature_cls="getter", out_indices=out_indices)
-    return build_model_with_cfg(ToyViT, "toyvit_tiny", pretrained, feature_cfg=feature_cfg, **kwargs)
+    return build_model(ToyViT, "toyvit_tiny", pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 TOY_FAMILIES = (
