@@ -315,11 +315,18 @@ def test_fx_backward(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_fx_torchscript(name):
-    """timm scripts the FX graph module too (scriptable families only; the others are checked above)."""
-    if not _family(name).scriptable:
-        pytest.skip("the record says scriptable=False; test_torchscript checks that scripting refuses")
+    """timm scripts the FX graph module too: it must match eager. A family recorded as not scriptable may refuse
+    here (cleanly); if its traced graph does compile, it must still match."""
     model = _create(name).eval()
-    scripted = _script(_fx_model(model, train=False))
+    fx = _fx_model(model, train=False)
+    if _family(name).scriptable:
+        scripted = _script(fx)
+    else:
+        try:
+            scripted = _script(fx)
+        except Exception as e:  # noqa: BLE001  (a clean refusal, with a message)
+            assert str(e)
+            return
     x = torch.randn(2, 3, *_hw(name, 128))
     with torch.no_grad():
         out = scripted(x)
