@@ -2,7 +2,9 @@
 
 Each op has a functional entry, an ``nn.Module`` wrapper and a reference implementation; the path
 is chosen by ``backend=``, ``VISIONATTN_KERNELS=auto|triton|reference`` or the device of the inputs,
-and ``last_path(op)`` tells which ran ("bra", "na2d", "halo_attn").
+and ``last_path(op)`` tells which ran ("bra", "na2d", "halo_attn"). The fallback rule, the error types,
+the kernels' dtype / head-dim limits and the fp32 precision rule are the same for every op
+(:mod:`visionattn.kernels._dispatch`); ``_aot`` compiles every kernel for sm_90 without a GPU.
 """
 
 from ._dispatch import HAS_TRITON, kernel_mode, last_path

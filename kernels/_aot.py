@@ -146,10 +146,10 @@ def configs(kernel: str, shape: dict, dtype: str = "fp16") -> list[dict]:
 
 
 def all_configs(kernel: str) -> list[dict]:
-    """Every GPU autotune config of ``kernel``, before pruning, as plain dicts."""
+    """Every candidate config of ``kernel`` (its sweep, before any pruning), as plain dicts."""
     return [
         {"kwargs": dict(c.kwargs), "num_warps": c.num_warps, "num_stages": c.num_stages}
-        for c in _tuned_kernel(kernel).configs
+        for c in _tuned_kernel(kernel).sweep
     ]
 
 

@@ -206,6 +206,35 @@ def upcast_bf16(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and interpreting()
 
 
+def input_dtype(args: dict) -> torch.dtype:
+    """The dtype of a launch's inputs, for config pruning: q's tensor at run time, ``DTYPE`` when compiling
+    ahead of time (``visionattn.kernels._aot``, which has no tensors)."""
+    for name in ("Q", "q"):
+        t = args.get(name)
+        if isinstance(t, torch.Tensor):
+            return t.dtype
+    return args["DTYPE"]
+
+
+def configs_for_dtype(table: dict) -> Callable:
+    """A prune function that keeps, of the candidate configs, those ``table`` lists for the inputs' width.
+
+    ``table``: ``{"half": keys, "fp32": keys}`` with keys as made by ``config_key``; "half" covers float16 and
+    bfloat16. If nothing is kept the first candidate stays (the autotuner needs one).
+    """
+
+    def prune(configs: list, args: dict) -> list:
+        keep = table["fp32" if input_dtype(args) == torch.float32 else "half"]
+        return [c for c in configs if config_key(c) in keep] or configs[:1]
+
+    return prune
+
+
+def config_key(config) -> tuple:
+    """(meta-parameter values in order, num_warps, num_stages) of a ``triton.Config``."""
+    return (*config.kwargs.values(), config.num_warps, config.num_stages)
+
+
 class TunedKernel:
     """A Triton kernel with its GPU autotune configs and its interpreter config.
 
@@ -214,7 +243,9 @@ class TunedKernel:
     meta-parameters (plus optional ``num_warps`` / ``num_stages``) used under the interpreter, read at every
     launch (a value may be a callable of the launch's keyword arguments); ``prune``: optional
     ``(configs, args) -> configs`` run before benchmarking (limits that depend on the arguments, e.g. the
-    window or the dtype); ``reset_to_zero``: outputs the autotuner must clear between trials.
+    window or the dtype, see :func:`input_dtype`); ``reset_to_zero``: outputs the autotuner must clear between
+    trials; ``sweep``: the wider candidate set ``tools/kernel_report.py --all-configs`` compiles (default:
+    ``configs``), from which ``configs`` were chosen.
     ``kernel[grid](*args, **kwargs)`` launches it.
     """
 
@@ -227,8 +258,10 @@ class TunedKernel:
         interpret: dict,
         prune: Callable | None = None,
         reset_to_zero: list[str] | None = None,
+        sweep: list | None = None,
     ):
         self.name = name
+        self.sweep = configs if sweep is None else sweep
         self.fn = fn
         self.configs = configs
         self.key = key

@@ -450,7 +450,17 @@ if _dispatch.HAS_TRITON:
 if _dispatch.HAS_TRITON:
     _FWD = _dispatch.TunedKernel("bra_fwd", _bra_fwd_kernel, _FWD_CONFIGS, _TUNE_KEY, _INTERPRET)
     _DQ = _dispatch.TunedKernel("bra_bwd_dq", _bra_bwd_dq_kernel, _FWD_CONFIGS, _TUNE_KEY, _INTERPRET)
-    _DKDV = _dispatch.TunedKernel("bra_bwd_dkdv", _bra_bwd_dkdv_kernel, _DKV_CONFIGS, _TUNE_KEY, _INTERPRET)
+    # fp32 (IEEE products) dK/dV with 64 x 128 tiles spills registers (1.3 KB at BiFormer-S stage 1,
+    # tools/kernel_report.py); every other config compiles without spills at the BiFormer-S shapes.
+    _DKV_PRUNE = _dispatch.configs_for_dtype(
+        {
+            "half": {_dispatch.config_key(c) for c in _DKV_CONFIGS},
+            "fp32": {_dispatch.config_key(c) for c in _DKV_CONFIGS if c.kwargs["BN_CAP"] <= 64},
+        }
+    )
+    _DKDV = _dispatch.TunedKernel(
+        "bra_bwd_dkdv", _bra_bwd_dkdv_kernel, _DKV_CONFIGS, _TUNE_KEY, _INTERPRET, prune=_DKV_PRUNE
+    )
     _DELTA = _dispatch.TunedKernel(
         "bra_bwd_delta", _bra_bwd_delta_kernel, [triton.Config({"BLOCK": 32}, num_warps=4)], ["DV"], {"BLOCK": 64}
     )

@@ -543,16 +543,33 @@ def _row_options(winp: int) -> list[int]:
     return [r for r in (1, 2, 4, 8, 16) if 16 <= r * winp <= 256 and r <= winp] or [max(1, 16 // winp)]
 
 
-def _prune(configs: list, args: dict) -> list:
-    """The key-tile heights that fit this window, with warps sized to the tile (BM queries x ROWS * WINP keys)."""
-    rows = _row_options(args["WINP"])
-    keep = []
-    for c in configs:
-        r = c.kwargs["ROWS"]
-        big = args["BM"] * r * args["WINP"] >= 64 * 128
-        if r in rows and c.num_warps in ((4, 8) if big else (2, 4)):
-            keep.append(c)
-    return keep
+# Launch configs kept per kernel and input width, as (keys per tile = ROWS * WINP, warps, stages): those ptxas
+# compiles for sm_90 without register spills at block 8 halo 3 (16-column padded window, 64 queries, head dim
+# 32), from tools/kernel_report.py (model_cards/kernels.md). Tiles of 128-256 keys spill in every dtype, two
+# warps spill past 16 keys, and fp32 (IEEE products) spills past 32 keys in the forward.
+_KEEP = {
+    "halo_attn_fwd": {
+        "half": {(16, 2, 1), (16, 2, 2), (16, 4, 1), (16, 4, 2), (32, 4, 1), (32, 4, 2), (64, 4, 1), (64, 4, 2)},
+        "fp32": {(16, 2, 1), (16, 4, 1), (16, 4, 2), (32, 4, 1)},
+    },
+    "halo_attn_bwd": {
+        "half": {(16, 4, 1), (16, 4, 2), (32, 4, 1), (32, 4, 2)},
+        "fp32": {(16, 4, 1), (16, 4, 2)},
+    },
+}
+
+
+def _pruner(name: str):
+    def prune(configs: list, args: dict) -> list:
+        """Key-tile heights that fit this window and the kept (keys, warps, stages) for the inputs' width; if
+        the window admits none of them (a window over 16 columns), the smallest valid tile with 4 warps."""
+        rows = _row_options(args["WINP"])
+        keep = _KEEP[name]["fp32" if _dispatch.input_dtype(args) == torch.float32 else "half"]
+        valid = [c for c in configs if c.kwargs["ROWS"] in rows]
+        kept = [c for c in valid if (c.kwargs["ROWS"] * args["WINP"], c.num_warps, c.num_stages) in keep]
+        return kept or [c for c in valid if c.kwargs["ROWS"] == rows[0] and c.num_warps == 4][:1] or valid[:1]
+
+    return prune
 
 
 # Key-tile height (window rows per inner iteration) in the interpreter; each iteration costs milliseconds
@@ -569,10 +586,16 @@ if _dispatch.HAS_TRITON:
     ]
     KERNELS = {
         "halo_attn_fwd": _dispatch.TunedKernel(
-            "halo_attn_fwd", _halo_fwd_kernel, _CONFIGS, _TUNE_KEY, _INTERPRET, _prune
+            "halo_attn_fwd", _halo_fwd_kernel, _CONFIGS, _TUNE_KEY, _INTERPRET, _pruner("halo_attn_fwd")
         ),
         "halo_attn_bwd": _dispatch.TunedKernel(
-            "halo_attn_bwd", _halo_bwd_kernel, _CONFIGS, _TUNE_KEY, _INTERPRET, _prune, reset_to_zero=["DK", "DVA"]
+            "halo_attn_bwd",
+            _halo_bwd_kernel,
+            _CONFIGS,
+            _TUNE_KEY,
+            _INTERPRET,
+            _pruner("halo_attn_bwd"),
+            reset_to_zero=["DK", "DVA"],
         ),
     }
 else:  # pragma: no cover - depends on the install

@@ -543,37 +543,92 @@ _TILE_KEY = ["H", "W", "KH", "KW", "dil_h", "dil_w", "BD", "SHIFT", "HAS_RPB", "
 _EXTRA_KEY = ["N", "M", "BD", "UPCAST", "PREC"]
 
 
-def _tile_configs():
-    cfgs = []
+# Autotune configs, chosen with tools/kernel_report.py (model_cards/kernels.md): each kernel was compiled for
+# sm_90 with every candidate of the sweep at NA 7x7 on 56x56 with a bias table (head dim 32), and the configs
+# kept are those ptxas compiles without register spills, per kernel and per input width. fp32 runs IEEE
+# products (no tensor cores) and spills catastrophically (20-40 KB per thread) in every tile over 8x8 queries
+# x 32 keys; the backward kernels spill in fp16 too past 8x8 x 64.
+_STAGES = 2
+
+
+def _sweep():
+    """The candidate tiles (TH, TW, BN, warps) the report compiles."""
+    cands = []
     for th, tw in ((8, 8), (8, 16), (16, 8), (16, 16)):
         for bn in (64, 128):
             for warps in (4, 8):
                 if th * tw * bn > 16 * 16 * 64 and warps == 4:
                     continue
-                cfgs.append(triton.Config({"TH": th, "TW": tw, "BN": bn}, num_warps=warps, num_stages=2))
-    return cfgs
+                cands.append((th, tw, bn, warps))
+    cands += [(8, 8, 32, 4), (8, 8, 32, 8), (8, 8, 16, 4)]
+    return cands
 
 
-def _extra_configs():
-    return [
-        triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=2)
-        for bm in (32, 64)
-        for bn in (64, 128)
-        for w in (4, 8)
-    ]
+_KEEP = {
+    "na2d_fwd": {
+        "half": [
+            (8, 8, 64, 8), (8, 8, 64, 4), (8, 8, 128, 4), (8, 8, 128, 8), (8, 16, 64, 4), (8, 16, 64, 8),
+            (16, 8, 64, 4), (16, 8, 64, 8), (8, 16, 128, 8), (16, 8, 128, 8), (16, 16, 64, 8), (8, 8, 32, 4),
+            (8, 8, 32, 8),
+        ],
+        "fp32": [(8, 8, 32, 8), (8, 8, 64, 8), (8, 8, 16, 4)],
+    },
+    "na2d_bwd_dq": {
+        "half": [(8, 8, 64, 8), (8, 8, 32, 4), (8, 8, 32, 8), (8, 8, 16, 4)],
+        "fp32": [(8, 8, 32, 8), (8, 8, 16, 4)],
+    },
+    "na2d_bwd_dkdv": {
+        "half": [(8, 8, 64, 8), (8, 8, 64, 4), (8, 8, 32, 4), (8, 8, 32, 8), (8, 8, 16, 4)],
+        "fp32": [(8, 8, 32, 8), (8, 8, 16, 4)],
+    },
+}  # fmt: skip
+# Extra-key gradients (BM, BN, warps), compiled at a 3x3 masked window with 49 extra keys.
+_EXTRA_SWEEP = [(bm, bn, w) for bm in (32, 64) for bn in (64, 128) for w in (4, 8)]
+_EXTRA_KEEP = {
+    "half": [(64, 64, 8), (32, 64, 4), (32, 64, 8), (64, 64, 4), (64, 128, 8)],
+    "fp32": [(32, 64, 8)],
+}
+
+
+def _tile_config(th, tw, bn, warps):
+    return triton.Config({"TH": th, "TW": tw, "BN": bn}, num_warps=warps, num_stages=_STAGES)
+
+
+def _extra_config(bm, bn, warps):
+    return triton.Config({"BM": bm, "BN": bn}, num_warps=warps, num_stages=_STAGES)
+
+
+def _tuned(name, fn, make, keep, sweep, key, interpret):
+    ordered = list(dict.fromkeys(keep["half"] + keep["fp32"]))
+    table = {cls: {(*k[:-1], k[-1], _STAGES) for k in keys} for cls, keys in keep.items()}
+    return _dispatch.TunedKernel(
+        name, fn, [make(*k) for k in ordered], key, interpret,
+        prune=_dispatch.configs_for_dtype(table), sweep=[make(*k) for k in sweep],
+    )  # fmt: skip
 
 
 if _dispatch.HAS_TRITON:
     KERNELS = {
         k.name: k
-        for k in (
-            _dispatch.TunedKernel("na2d_fwd", _na2d_fwd_kernel, _tile_configs(), _TILE_KEY, _INTERPRET_TILE),
-            _dispatch.TunedKernel("na2d_bwd_dq", _na2d_bwd_dq_kernel, _tile_configs(), _TILE_KEY, _INTERPRET_TILE),
-            _dispatch.TunedKernel("na2d_bwd_dkdv", _na2d_bwd_dkdv_kernel, _tile_configs(), _TILE_KEY, _INTERPRET_TILE),
-            _dispatch.TunedKernel(
-                "na2d_bwd_extra", _na2d_bwd_extra_kernel, _extra_configs(), _EXTRA_KEY, _INTERPRET_EXTRA
-            ),
-        )
+        for k in [
+            _tuned(name, fn, _tile_config, _KEEP[name], _sweep(), _TILE_KEY, _INTERPRET_TILE)
+            for name, fn in (
+                ("na2d_fwd", _na2d_fwd_kernel),
+                ("na2d_bwd_dq", _na2d_bwd_dq_kernel),
+                ("na2d_bwd_dkdv", _na2d_bwd_dkdv_kernel),
+            )
+        ]
+        + [
+            _tuned(
+                "na2d_bwd_extra",
+                _na2d_bwd_extra_kernel,
+                _extra_config,
+                _EXTRA_KEEP,
+                _EXTRA_SWEEP,
+                _EXTRA_KEY,
+                _INTERPRET_EXTRA,
+            )  # fmt: skip
+        ]
     }
 else:  # pragma: no cover - depends on the install
     KERNELS = {}

@@ -28,8 +28,8 @@ SMEM_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
 
 NA_SHAPES = [
     ("7x7 shift rpb d32", dict(KH=7, KW=7, SHIFT=True, HAS_RPB=True, HAS_EXTRA=False, D=32)),
-    ("7x7 shift d32", dict(KH=7, KW=7, SHIFT=True, HAS_RPB=False, HAS_EXTRA=False, D=32)),
     ("3x3 mask rpb+extra d32", dict(KH=3, KW=3, SHIFT=False, HAS_RPB=True, HAS_EXTRA=True, D=32)),
+    ("7x7 shift d32", dict(KH=7, KW=7, SHIFT=True, HAS_RPB=False, HAS_EXTRA=False, D=32)),
 ]
 HALO_SHAPES = [
     ("bs8 h3 d32", dict(BS=8, HALO=3, STRIDE=1, DQK=32, DV=32, HAS_RH=True, HAS_RW=True, MASK_PAD=False)),
@@ -61,13 +61,13 @@ def bra_shapes() -> list[tuple[str, dict]]:
     return out
 
 
-def build_jobs(ops, dtypes, quick: bool, all_configs: bool):
+def build_jobs(ops, dtypes, quick: bool, all_configs: bool, n_shapes: int | None = None):
     from visionattn.kernels import _aot
 
     shapes = {"bra": bra_shapes(), "na2d": NA_SHAPES, "halo_attn": HALO_SHAPES}
     jobs = []
     for op in ops:
-        op_shapes = shapes[op][:1] if quick else shapes[op]
+        op_shapes = shapes[op][: 1 if quick else n_shapes]
         for label, shape in op_shapes:
             for kernel in OP_KERNELS[op]:
                 if kernel == "na2d_bwd_extra" and not shape["HAS_EXTRA"]:
@@ -140,16 +140,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--op", action="append", choices=list(OP_KERNELS), help="op(s) to report (default: all)")
     p.add_argument("--dtype", action="append", choices=["fp16", "bf16", "fp32"], help="dtype(s) (default: all)")
     p.add_argument("--quick", action="store_true", help="the first shape of each op, fp16 and fp32 only")
+    p.add_argument("--shapes", type=int, help="only the first N shapes of each op")
     p.add_argument("--all-configs", action="store_true", help="every config, including those the pruning drops")
     p.add_argument("--workers", type=int, default=1, help="compiler processes (default 1)")
     p.add_argument("--json", help="also write the records to this file")
     p.add_argument("--summary-only", action="store_true", help="print only the per-kernel summary")
+    p.add_argument("--from-json", help="print the tables of records saved by --json instead of compiling")
     args = p.parse_args(argv)
     from visionattn.kernels import _aot
 
+    if args.from_json:
+        with open(args.from_json) as f:
+            records = json.load(f)
+        if not args.summary_only:
+            print(table(records) + "\n")
+        print(summary(records))
+        return 0
+
     ops = args.op or list(OP_KERNELS)
     dtypes = args.dtype or (["fp16", "fp32"] if args.quick else list(_aot.DTYPES))
-    jobs = build_jobs(ops, dtypes, args.quick, args.all_configs)
+    jobs = build_jobs(ops, dtypes, args.quick, args.all_configs, args.shapes)
     t0 = time.perf_counter()
     records = _aot.run_jobs(jobs, workers=args.workers)
     took = time.perf_counter() - t0
