@@ -413,7 +413,8 @@ def test_prune_intermediate_layers(name):
     kept = model.prune_intermediate_layers([0, 1])
     assert list(kept) == [0, 1]
     with torch.no_grad():
-        pruned = model.forward_intermediates(x, intermediates_only=True)
+        # timm's convention: the pruned model is asked for the indices it kept
+        pruned = model.forward_intermediates(x, indices=kept, intermediates_only=True)
         out = model(x)
     assert len(pruned) == 2
     for a, b in zip(pruned, full[:2]):

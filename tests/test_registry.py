@@ -16,11 +16,11 @@ from visionattn.models import _registry
 from visionattn.models._registry import DenseRecipe, Family, register_family, unregister_family
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY_MODELS = ("toyvit_tiny", "test_convnext")
+TOY_MODELS = ("toyvit_tiny", "test_resnet")
 
 
 def _family(**changes) -> Family:
-    base = dict(name="probe", models=("test_resnet",), source="timm", params_m={"test_resnet": 0.47})
+    base = dict(name="probe", models=("test_vit",), source="timm", params_m={"test_vit": 0.37})
     return Family(**(base | changes))
 
 
@@ -61,7 +61,7 @@ def test_timm_family_is_bound_not_shadowed():
         (dict(layout="pyramid"), ValueError, "layout="),
         (dict(feature_fmt="NLC"), ValueError, "feature_fmt="),
         (dict(converter=42), TypeError, "callable"),
-        (dict(aliases={"probe_r": "resnet18"}), ValueError, "not one of its models"),
+        (dict(aliases={"probe_v": "resnet18"}), ValueError, "not one of its models"),
         (dict(params_m={}), ValueError, "params_m lacks"),
         (dict(min_input_size=0), ValueError, "positive"),
     ],
@@ -79,7 +79,7 @@ def test_register_refuses_unknown_names_and_collisions():
     with pytest.raises(ValueError, match="already belongs to family 'biformer'"):
         register_family(_family(models=("biformer_tiny",), params_m={"biformer_tiny": 13.1}))
     with pytest.raises(ValueError, match="already a timm model"):
-        register_family(_family(aliases={"resnet18": "test_resnet"}))
+        register_family(_family(aliases={"resnet18": "test_vit"}))
     with pytest.raises(KeyError, match="neither a visionattn family"):
         visionattn.get_family("resnet18")
     with pytest.raises(ValueError, match="family='nope'"):
@@ -87,15 +87,15 @@ def test_register_refuses_unknown_names_and_collisions():
 
 
 def test_register_and_unregister_a_family():
-    family = register_family(_family(aliases={"probe_alias_r": "test_resnet"}))
+    family = register_family(_family(aliases={"probe_alias_v": "test_vit"}))
     try:
-        assert visionattn.get_family("probe_alias_r") is family
-        assert visionattn.list_models("probe", aliases=True) == ["probe_alias_r", "test_resnet"]
-        assert family.smallest == "test_resnet"
+        assert visionattn.get_family("probe_alias_v") is family
+        assert visionattn.list_models("probe", aliases=True) == ["probe_alias_v", "test_vit"]
+        assert family.smallest == "test_vit"
         assert family.accepts(32, 48) and not family.accepts(31, 48)
     finally:
         unregister_family("probe")
-    assert "test_resnet" not in visionattn.list_models()
+    assert "test_vit" not in visionattn.list_models()
 
 
 def test_size_rule():
@@ -123,4 +123,21 @@ def test_shared_tests_cover_the_toy_families():
             assert any(line.startswith(path) and model in line for line in ids), f"{path} does not cover {model}"
     for path in files:
         text = (ROOT / path).read_text()
-        assert "toyvit" not in text and "toyconv" not in text and "test_convnext" not in text, path
+        assert not any(word in text for word in ("toyvit", "toyconv", *TOY_MODELS)), path
+
+
+# Shared code reads the records; a family name in one of these is a record field that is missing.
+SHARED = ["visionattn/dense", "visionattn/export.py", "visionattn/bench", "configs/_base_/models"]
+
+
+def test_shared_code_names_no_family():
+    words = set()
+    for family in _registry.families():
+        words |= {family.name, *family.models, *family.aliases}
+    files = [p for entry in SHARED for p in ([ROOT / entry] if entry.endswith(".py") else (ROOT / entry).rglob("*.py"))]
+    assert files
+    offenders = []
+    for path in files:
+        text = path.read_text().lower()
+        offenders += [f"{path.relative_to(ROOT)}: {w}" for w in sorted(words) if w.lower() in text]
+    assert not offenders, offenders

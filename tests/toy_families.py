@@ -3,14 +3,14 @@
 * ``toyvit`` (our own code): a two-block isotropic ViT with a stride-16 patchify stem and no position table, so it
   takes any input whose sides are multiples of 16 (``input_multiple=16``); three of its four feature entries share
   one stride, as a plain ViT's do.
-* ``toyconv`` (a timm binding): timm's ``test_convnext``, a four-stage pyramid, declared over timm's own name.
+* ``toyconv`` (a timm binding): timm's ``test_resnet``, a five-level pyramid (strides 2 to 32) that runs at any
+  size down to 1 px, declared over timm's own name.
 
 ``tests/conftest.py`` registers both before collection; the contract, export and dense tests then parametrise
 over them with no toy-specific test code.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: timm scripts FX-traced models, whose code carries these annotations.
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -18,6 +18,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from visionattn.layers.input_size import check_input_size
 from visionattn.models._registry import DenseRecipe, Family, register_family
 from visionattn.pretrained import build_model
 
@@ -25,13 +26,14 @@ from visionattn.pretrained import build_model
 class ToyBlock(nn.Module):
     """Pre-norm attention + MLP on (B, H, W, C) maps, a 3x3 depth-wise conv as position encoding."""
 
-    def __init__(self, dim: int, heads: int, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, drop_path: float = 0.0, device=None, dtype=None):
         super().__init__()
-        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, 2 * dim)
+        dd = dict(device=device, dtype=dtype)
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, 2 * dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,22 +60,18 @@ class ToyViT(nn.Module):
         dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.output_fmt = "NHWC"  # forward_features returns (B, H/16, W/16, C)
         self.num_features = self.head_hidden_size = embed_dim
         self.grad_checkpointing = False
-        self.stem = nn.Conv2d(in_chans, embed_dim, 16, stride=16)
+        self.stem = nn.Conv2d(in_chans, embed_dim, 16, stride=16, **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.Sequential(*[ToyBlock(embed_dim, heads, dpr[i]) for i in range(depth)])
+        self.blocks = nn.Sequential(*[ToyBlock(embed_dim, heads, dpr[i], **dd) for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=16, module=f"blocks.{i}") for i in range(depth)]
-        self.norm = nn.LayerNorm(embed_dim)
-        self.head = ClassifierHead(embed_dim, num_classes, pool_type=global_pool, input_fmt="NHWC")
-        if device is not None or dtype is not None:
-            self.to(device=device, dtype=dtype)
-
-    def _check(self, x: torch.Tensor) -> None:
-        h, w = x.shape[-2:]
-        if h % 16 or w % 16:
-            raise ValueError(f"input {h}x{w} is not a multiple of 16 on each side; resize or pad it to one")
+        self.norm = nn.LayerNorm(embed_dim, **dd)
+        self.head = ClassifierHead(embed_dim, num_classes, pool_type=global_pool, input_fmt="NHWC", **dd)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -98,7 +96,7 @@ class ToyViT(nn.Module):
     ):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; ToyViT returns 'NCHW' intermediates")
-        self._check(x)
+        x = check_input_size(x, 16, 16)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x = self.stem(x).permute(0, 2, 3, 1)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
@@ -123,7 +121,7 @@ class ToyViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/16, W/16, C), normed."""
-        self._check(x)
+        x = check_input_size(x, 16, 16)
         x = self.stem(x).permute(0, 2, 3, 1)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -183,12 +181,14 @@ TOY_FAMILIES = (
     Family(
         name="toyconv",
         source="timm",
-        models=("test_convnext",),
-        params_m={"test_convnext": 0.27},
+        models=("test_resnet",),
+        params_m={"test_resnet": 0.470},
         card="tests/toy_families.py",
-        min_input_size=32,
+        min_input_size=1,
         layout="hierarchical",
-        num_stages=4,
+        num_stages=5,
+        # timm zero-initialises each block's last BN scale, which zeroes the block's other gradients at init
+        test_kwargs=dict(zero_init_last=False),
     ),
 )
 

@@ -92,15 +92,16 @@ class Downsample(nn.Module):
     ``patch=True``: BN then 2x2 conv, rounding down (BiFormer-STL, Swin-style patch merging).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, patch: bool = False):
+    def __init__(self, in_chs: int, out_chs: int, patch: bool = False, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.patch = patch
         if patch:
-            self.norm = nn.BatchNorm2d(in_chs)
-            self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2)
+            self.norm = nn.BatchNorm2d(in_chs, **dd)
+            self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, **dd)
         else:
-            self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1)
-            self.norm = nn.BatchNorm2d(out_chs)
+            self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, **dd)
+            self.norm = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.norm(x)) if self.patch else self.norm(self.conv(x))
@@ -113,14 +114,19 @@ class AttentionLePE(nn.Module):
     the head width, and its LePE convolves the attention input x, not V as the routing stages do.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, side_dwconv: int = 5, qkv_bias: bool = False):
+    def __init__(
+        self, dim: int, num_heads: int = 8, side_dwconv: int = 5, qkv_bias: bool = False, device=None, dtype=None
+    ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv else None
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.lepe = (
+            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd) if side_dwconv else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
@@ -148,12 +154,17 @@ class BiFormerBlock(nn.Module):
         last_stage_heads: int = 8,
         mask_padding: bool = True,
         attn_backend: str | None = None,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.cpe = (
-            nn.Conv2d(dim, dim, cpe_kernel_size, padding=cpe_kernel_size // 2, groups=dim) if cpe_kernel_size else None
+            nn.Conv2d(dim, dim, cpe_kernel_size, padding=cpe_kernel_size // 2, groups=dim, **dd)
+            if cpe_kernel_size
+            else None
         )
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         if topk > 0:
             self.attn = BiLevelRoutingAttention(
                 dim,
@@ -164,14 +175,15 @@ class BiFormerBlock(nn.Module):
                 side_dwconv=side_dwconv,
                 mask_padding=mask_padding,
                 backend=attn_backend,
+                **dd,
             )
         elif topk == -2:
-            self.attn = AttentionLePE(dim, num_heads=last_stage_heads, side_dwconv=side_dwconv)
+            self.attn = AttentionLePE(dim, num_heads=last_stage_heads, side_dwconv=side_dwconv, **dd)
         else:
             raise ValueError(f"topk={topk} is not supported: use a positive top-k (routing) or -2 (global attention)")
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,14 +205,17 @@ class BiFormerStage(nn.Module):
         downsample: bool,
         patch_downsample: bool = False,
         drop_path: Sequence[float] = (),
+        device=None,
+        dtype=None,
         **block_kwargs,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.grad_checkpointing = False
-        self.downsample = Downsample(in_chs, out_chs, patch=patch_downsample) if downsample else nn.Identity()
+        self.downsample = Downsample(in_chs, out_chs, patch=patch_downsample, **dd) if downsample else nn.Identity()
         self.blocks = nn.Sequential(
             *[
-                BiFormerBlock(out_chs, drop_path=drop_path[i] if drop_path else 0.0, **block_kwargs)
+                BiFormerBlock(out_chs, drop_path=drop_path[i] if drop_path else 0.0, **dd, **block_kwargs)
                 for i in range(depth)
             ]
         )
@@ -287,7 +302,9 @@ class BiFormer(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.stem = ConvStem(in_chans, embed_dims[0]) if stem_type == "conv" else PatchStem(in_chans, embed_dims[0])
+        dd = dict(device=device, dtype=dtype)
+        stem = ConvStem if stem_type == "conv" else PatchStem
+        self.stem = stem(in_chans, embed_dims[0], **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages, self.feature_info = [], []
         for i in range(4):
@@ -309,15 +326,14 @@ class BiFormer(nn.Module):
                     last_stage_heads=last_stage_heads,
                     mask_padding=mask_padding,
                     attn_backend=attn_backend,
+                    **dd,
                 )
             )
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.BatchNorm2d(self.num_features)
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.norm = nn.BatchNorm2d(self.num_features, **dd)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.apply(self._init_weights)
-        if device is not None or dtype is not None:
-            self.to(device=device, dtype=dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -475,7 +491,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "url": url,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
-        "min_input_size": (3, 32, 32),
+        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
         "pool_size": (7, 7),
         "crop_pct": 0.875,
         "interpolation": "bicubic",
@@ -645,7 +661,7 @@ register_family(
         converter=checkpoint_filter_fn,
         params_m={"biformer_tiny": 13.1, "biformer_small": 25.5, "biformer_base": 56.8, "biformer_stl": 28.4},
         card="model_cards/biformer.md",
-        min_input_size=32,
+        min_input_size=MIN_INPUT_SIZE,
         layout="hierarchical",
         num_stages=4,
         # one block per stage keeps every block type (routing in stages 1-3, global attention in stage 4)

@@ -28,7 +28,7 @@ register_family(
             "davit_giant": 1406.5,
         },
         card="model_cards/davit.md",
-        min_input_size=32,
+        min_input_size=1,  # timm pads every stage: even a 1x1 input runs
         layout="hierarchical",
         num_stages=4,
         test_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2)),
