@@ -82,6 +82,8 @@ class Family:
             heavy shared tests (export, dense, training); applied to the family's smallest model.
         dense: the official dense recipe.
         scriptable: the models compile with ``torch.jit.script``.
+        onnx_dynamic_size: one exported ONNX graph serves every input size (dynamic height / width axes);
+            False: the export bakes the size in (sizes computed in Python), so one graph is exported per size.
         kernel_cases: kernel-benchmark cases at this family's real shapes, one mapping each: ``op`` (a
             ``visionattn.kernels`` op name), ``name`` (a label), the op's shape arguments.
         kernel_baselines: op name -> (label, function) of the official implementation of that op, benchmarked
@@ -104,6 +106,7 @@ class Family:
     test_kwargs: Mapping[str, Any] = field(default_factory=dict)
     dense: DenseRecipe = field(default_factory=DenseRecipe)
     scriptable: bool = True
+    onnx_dynamic_size: bool = False
     kernel_cases: tuple[Mapping[str, Any], ...] = ()
     kernel_baselines: Mapping[str, tuple[str, Callable[..., Any]]] = field(default_factory=dict)
 

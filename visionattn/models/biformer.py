@@ -668,6 +668,8 @@ register_family(
         test_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64)),
         # official dense backbones: a LayerNorm on each output, 16 regions per side for COCO (8 for ADE20K 512)
         dense=DenseRecipe(out_norm="ln2d", model_kwargs=dict(n_win=16)),
+        # the region grid is computed in Python from the input size, so an export holds at its own size only
+        onnx_dynamic_size=False,
         kernel_cases=_kernel_cases(),
         kernel_baselines={"bra": ("official gather", bra_official_gather)},
     )

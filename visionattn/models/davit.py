@@ -34,5 +34,6 @@ register_family(
         test_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2)),
         # the official dense backbones put a LayerNorm on each output
         dense=DenseRecipe(out_norm="ln2d"),
+        onnx_dynamic_size=True,
     )
 )
