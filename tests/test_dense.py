@@ -37,8 +37,18 @@ from visionattn.dense.backbone import resolve_dense_args  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = families()
 FAMILY_IDS = [f.name for f in FAMILIES]
-# plain timm models (no family): a pyramid with BatchNorm and five levels, and an isotropic ViT
-PLAIN_PYRAMID, PLAIN_ISOTROPIC = "test_resnet", "test_vit"
+
+
+def _plain(candidates: tuple[str, ...]) -> str:
+    """The first of timm's test models that no registered family declares."""
+    free = [m for m in candidates if m not in visionattn.list_models()]
+    assert free, f"every one of {candidates} belongs to a family; add another plain timm model here"
+    return free[0]
+
+
+# plain timm models (no family): a pyramid with BatchNorm and five levels (strides 2 to 32), an isotropic ViT
+PLAIN_PYRAMID = _plain(("test_efficientnet", "test_byobnet", "test_resnet"))
+PLAIN_ISOTROPIC = _plain(("test_vit", "test_vit2"))
 
 
 @pytest.fixture(autouse=True)
@@ -440,23 +450,32 @@ def _seg_batch(hw: tuple[int, int] = (64, 64)):
 
 
 def _family_backbone(family, **kwargs) -> tuple[dict, VisionAttnBackbone, tuple[int, int]]:
-    """A backbone config for the family's smallest model, the backbone it builds (on the meta device, for its
-    widths) and an input size the family accepts."""
+    """A backbone config for the family's smallest model returning four levels (the first four of stride 4 or
+    more, as the base configs' heads expect), the backbone it builds (on the meta device, for its widths and
+    strides) and an input size the family accepts."""
     name, model_kwargs = _small(family)
     cfg = dict(type="VisionAttnBackbone", model_name=name, model_kwargs=model_kwargs, pyramid_channels=32, **kwargs)
     with torch.device("meta"):
+        every = VisionAttnBackbone(**{k: v for k, v in cfg.items() if k != "type"})
+    cfg["out_indices"] = tuple([i for i, s in enumerate(every.strides) if s >= 4][:4])
+    assert len(cfg["out_indices"]) == 4, f"{name}: strides {every.strides} offer no four levels of stride >= 4"
+    with torch.device("meta"):
         b = VisionAttnBackbone(**{k: v for k, v in cfg.items() if k != "type"})
-    return cfg, b, _input_hw(family, name, want=(64, 64))
+    side = max(64, 2 * max(b.strides))
+    return cfg, b, _input_hw(family, name, want=(side, side))
 
 
-def _grads_reach_the_backbone(backbone: VisionAttnBackbone) -> None:
+def _grads_reach_the_backbone(backbone: VisionAttnBackbone, first_level: int = 0) -> None:
+    """The trunk, and the output norms / pyramid levels from ``first_level`` on (those the neck reads), train."""
     first = next(p for p in backbone.trunk.parameters() if p.requires_grad)
     assert first.grad is not None and first.grad.abs().sum() > 0
-    for norm in backbone.out_norms:
+    norms = list(backbone.out_norms) if backbone.pyramid is not None else list(backbone.out_norms)[first_level:]
+    for norm in norms:
         if isinstance(norm, LayerNorm2d):
             assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
     if backbone.pyramid is not None:
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.pyramid.parameters())
+        for level in list(backbone.pyramid.levels)[first_level:]:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in level.parameters())
 
 
 @pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
@@ -471,8 +490,15 @@ def test_mmdet_detector_loss_and_predict(family, detector):
     base = "retinanet_fpn" if detector == "retinanet" else "mask_rcnn_fpn"
     cfg = Config.fromfile(str(ROOT / f"configs/_base_/models/{base}.py")).model
     cfg.backbone, b, hw = _family_backbone(family, norm_eval=True)
-    assert b.strides == [4, 8, 16, 32]  # what the base configs' anchors / RoI strides expect
     cfg.neck.in_channels = b.channels
+    # anchors and RoI strides follow the levels (the base configs' are those of strides 4/8/16/32)
+    s = b.strides
+    if detector == "retinanet":  # FPN from level 1, two extra stride-2 levels
+        cfg.bbox_head.anchor_generator.strides = [*s[1:], 2 * s[-1], 4 * s[-1]]
+    else:  # FPN on every level plus one max-pooled level
+        cfg.rpn_head.anchor_generator.strides = [*s, 2 * s[-1]]
+        cfg.roi_head.bbox_roi_extractor.featmap_strides = s
+        cfg.roi_head.mask_roi_extractor.featmap_strides = s
     model = MODELS.build(cfg)
     model.init_weights()
     model.train()
@@ -488,7 +514,7 @@ def test_mmdet_detector_loss_and_predict(family, detector):
     total = sum(v if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if "loss" in k)
     assert torch.isfinite(total) and total > 0
     total.backward()
-    _grads_reach_the_backbone(model.backbone)
+    _grads_reach_the_backbone(model.backbone, first_level=cfg.neck.get("start_level", 0))
 
     model.eval()
     with torch.no_grad():
@@ -524,6 +550,7 @@ def test_mmseg_segmentor_loss_and_predict(family, head):
         cfg.auxiliary_head.num_classes = 3
     else:
         cfg.neck.in_channels = b.channels
+        cfg.decode_head.feature_strides = b.strides
     model = MODELS.build(cfg)
     model.init_weights()
     model.train()

@@ -101,12 +101,11 @@ def swap_backbone(cfg, task: str, model_name: str, model_kwargs: dict) -> None:
     spec = dict(model_name=model_name, model_kwargs=model_kwargs, pyramid_channels=PYRAMID_CHANNELS[task])
     with torch.device("meta"):  # widths and strides without building weights
         levels = VisionAttnBackbone(**spec)
-    if task == "seg":
-        indices = list(range(len(levels.strides)))
-    else:  # RetinaNet on strides >= 8 (the shapes are 12-36 px), at most three levels
-        indices = [i for i, s in enumerate(levels.strides) if s >= 8][:3]
-        if not indices:
-            raise ValueError(f"{model_name} has no feature map of stride >= 8 (strides {levels.strides})")
+    # Semantic FPN on up to four levels of stride >= 4; RetinaNet on up to three of stride >= 8 (12-36 px shapes)
+    finest, count = (4, 4) if task == "seg" else (8, 3)
+    indices = [i for i, s in enumerate(levels.strides) if s >= finest][:count]
+    if not indices:
+        raise ValueError(f"{model_name} has no feature map of stride >= {finest} (strides {levels.strides})")
     channels = [levels.channels[i] for i in indices]
     strides = [levels.strides[i] for i in indices]
     cfg.model.backbone = dict(type="VisionAttnBackbone", out_indices=tuple(indices), **spec)

@@ -97,6 +97,16 @@ def resolve_dense_args(
     return kwargs, out_norm
 
 
+def _feature_info(model_name: str, model_kwargs: dict) -> list[dict]:
+    """The classification model's ``feature_info``, read before building the trunk: on the meta device (no memory,
+    no initialisation) where the model allows it; some constructors read tensor values, which meta tensors lack."""
+    try:
+        with torch.device("meta"):
+            return list(timm.create_model(model_name, **model_kwargs).feature_info)
+    except (RuntimeError, NotImplementedError):
+        return list(timm.create_model(model_name, **model_kwargs).feature_info)
+
+
 def _is_isotropic(model_name: str, info: Sequence[dict]) -> bool:
     from visionattn.models import get_family
 
@@ -171,9 +181,7 @@ class VisionAttnBackbone(BaseModule):
         self.model_kwargs = model_kwargs
         self.out_norm = out_norm
 
-        # feature_info before building the trunk (on the meta device: no memory, no initialisation)
-        with torch.device("meta"):
-            info = list(timm.create_model(model_name, **model_kwargs).feature_info)
+        info = _feature_info(model_name, model_kwargs)
         self.num_features = len(info)
         if pyramid is None:
             pyramid = _is_isotropic(model_name, info)
@@ -264,16 +272,20 @@ class VisionAttnBackbone(BaseModule):
         """
         if self.frozen_stages < 0:
             return
-        params = list(self.trunk.named_parameters())
         info = self.trunk.feature_info.info
+        # Modules in registration order (pre-order: a module's submodules follow it, contiguously); a parameter
+        # is frozen when the module owning it comes before feature 0 (frozen_stages=0) or before the end of
+        # feature k-1's subtree. Feature modules without parameters (an activation) work the same way.
+        modules = [m for _, m in self.trunk.named_modules()]
+        position = {id(m): i for i, m in enumerate(modules)}
         if self.frozen_stages == 0:
-            first = {id(p) for p in _feature_module(self.trunk, info[0]["module"]).parameters()}
-            end = next((i for i, (_, p) in enumerate(params) if id(p) in first), len(params))
+            end = position[id(_feature_module(self.trunk, info[0]["module"]))]
         else:
-            last = {id(p) for p in _feature_module(self.trunk, info[self.frozen_stages - 1]["module"]).parameters()}
-            end = max((i + 1 for i, (_, p) in enumerate(params) if id(p) in last), default=0)
-        frozen = {id(p) for _, p in params[:end]}
-        for _, p in params[:end]:
+            last = _feature_module(self.trunk, info[self.frozen_stages - 1]["module"])
+            end = position[id(last)] + sum(1 for _ in last.modules())
+        params = [(n, p) for m in modules[:end] for n, p in m.named_parameters(recurse=False)]
+        frozen = {id(p) for _, p in params}
+        for _, p in params:
             p.requires_grad_(False)
         # A module stays in eval mode when all of its parameters are frozen (BN statistics, dropout, drop path).
         self._frozen_modules = [
