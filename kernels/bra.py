@@ -121,31 +121,29 @@ if _dispatch.HAS_TRITON:
     triton = _dispatch.triton
     tl = _dispatch.tl
 
-    _np2 = _dispatch.next_pow2
-
     # Query-major tiling (forward, dQ): BM query rows of one region per program; each inner step reads
     # BN key columns: G whole routed regions when R <= BN (small regions are grouped so tl.dot gets
     # >= 16 columns), else one BN-token chunk of one routed region (KB chunks per region).
     def _q_tiles(args):
         r, topk = args["R"], args["TOPK"]
-        bm = min(args["BM_CAP"], max(16, _np2(r)))
+        bm = min(args["BM_CAP"], max(16, _dispatch.next_pow2(r)))
         if r >= args["BN_CAP"]:
             g, bn = 1, args["BN_CAP"]
         else:
             g = max(1, min(args["BN_CAP"] // r, topk))
-            bn = max(16, _np2(g * r))
+            bn = max(16, _dispatch.next_pow2(g * r))
         return {"BM": bm, "BN": bn, "G": g, "MB": -(-r // bm), "KB": -(-r // bn), "NT": -(-topk // g)}
 
     # Key-major tiling (dK/dV): BN key rows of one region per program; each inner step reads BM query
     # columns, GQ whole query regions from the transposed routing when R <= BM, else a chunk.
     def _kv_tiles(args):
         r = args["R"]
-        bn = min(args["BN_CAP"], max(16, _np2(r)))
+        bn = min(args["BN_CAP"], max(16, _dispatch.next_pow2(r)))
         if r >= args["BM_CAP"]:
             gq, bm = 1, args["BM_CAP"]
         else:
             gq = max(1, args["BM_CAP"] // r)
-            bm = max(16, _np2(gq * r))
+            bm = max(16, _dispatch.next_pow2(gq * r))
         return {"BN": bn, "BM": bm, "GQ": gq, "NB": -(-r // bn), "KBQ": -(-r // bm)}
 
     def _heur(fn, keys):

@@ -535,9 +535,6 @@ if _dispatch.HAS_TRITON:
             tl.store(DLW + rel_row[:, None] + kw[None, :], dlw, mask=m_ok[:, None] & (kw < WIN)[None, :])
 
 
-_pow2 = _dispatch.next_pow2
-
-
 def _row_options(winp: int) -> list[int]:
     # tl.dot on GPUs wants every tile side >= 16; past 256 keys per tile registers spill
     return [r for r in (1, 2, 4, 8, 16) if 16 <= r * winp <= 256 and r <= winp] or [max(1, 16 // winp)]
@@ -620,10 +617,10 @@ def _common_args(q, k, v, g: _Geometry, scale: float, has_rh: bool, has_rw: bool
         HALO=g.halo,
         BQ=g.qblock,
         WIN=win,
-        WINP=_pow2(win),
-        BM=_pow2(g.qblock**2, 16),
-        DP=_pow2(dqk, 16),
-        DVP=_pow2(dv, 16),
+        WINP=_dispatch.next_pow2(win),
+        BM=_dispatch.next_pow2(g.qblock**2, 16),
+        DP=_dispatch.next_pow2(dqk, 16),
+        DVP=_dispatch.next_pow2(dv, 16),
         HAS_RH=has_rh,
         HAS_RW=has_rw,
         MASK_PAD=mask_pad,
