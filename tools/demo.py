@@ -35,10 +35,11 @@ RUNS = {
 }
 # A run that ends below its floor fails the demo. Chance levels: seg mIoU ~22 (everything background), det ~0.
 FLOORS = {"seg": 50.0, "det": 0.3}
-# --quick: QUICK_ITERS iterations per task (the same warm-up and cosine decay, compressed); the floors sit below
-# what the quick run reaches and far above chance.
+# --quick: QUICK_ITERS iterations per task (the same warm-up and cosine decay, compressed). BiFormer-T reached
+# mIoU 52.1 and bbox mAP 0.416 that way (6.4 min wall for both on 2 busy CPU cores); the floors sit below that
+# and far above chance.
 QUICK_ITERS = 250
-QUICK_FLOORS = {"seg": 40.0, "det": 0.15}
+QUICK_FLOORS = {"seg": 40.0, "det": 0.2}
 # channels of the pyramid the adapter builds for isotropic models (the demo's necks are this narrow too)
 PYRAMID_CHANNELS = {"seg": 64, "det": 96}
 
