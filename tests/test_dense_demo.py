@@ -142,6 +142,11 @@ def test_demo_config_trains_and_validates_an_isotropic_model(tmp_path, family, t
     from visionattn.dense.runner import build_runner
 
     cfg, _, _ = _derived(tmp_path, task, "--model", family.smallest, "--small", "--quick")
+    for module in cfg.custom_imports.imports:  # as tools/train.py would import them
+        importlib.import_module(module)
+    from visionattn.dense.shapes import register_mm_datasets
+
+    register_mm_datasets(det=task == "det", seg=task == "seg")  # also when an earlier test imported the module
     small = dict(cfg.shapes, num_train=16, num_val=4)
     root = str(tmp_path / "shapes")
     for loader in (cfg.train_dataloader, cfg.val_dataloader):
@@ -150,7 +155,8 @@ def test_demo_config_trains_and_validates_an_isotropic_model(tmp_path, family, t
         loader.batch_size = 4
     if task == "det":
         cfg.val_evaluator.ann_file = root + "/annotations/instances_val.json"
-    demo.shorten(cfg, 4)
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=4, val_interval=4)
+    cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False)]
     cfg.default_hooks.pop("visualization")
     cfg.work_dir = str(tmp_path / "work")
     runner = build_runner(cfg)

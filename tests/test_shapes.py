@@ -359,6 +359,8 @@ def _tiny_run_cfg(work_dir: Path, data_root: Path, max_iters: int):
 @pytest.mark.slow
 def test_seg_config_trains_and_resumes(tmp_path):
     _mm_or_skip("mmseg")
+    # this module imported shapes before mmseg: register as a config's custom_imports would on a fresh import
+    shapes.register_mm_datasets(det=False, seg=True)
     from visionattn.dense.runner import build_runner
 
     data_root = tmp_path / "shapes"
