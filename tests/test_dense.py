@@ -47,7 +47,7 @@ def _plain(candidates: tuple[str, ...]) -> str:
 
 
 # plain timm models (no family): a pyramid with BatchNorm and five levels (strides 2 to 32), an isotropic ViT
-PLAIN_PYRAMID = _plain(("test_efficientnet", "test_byobnet", "test_resnet"))
+PLAIN_PYRAMID = _plain(("test_efficientnet", "test_byobnet"))
 PLAIN_ISOTROPIC = _plain(("test_vit", "test_vit2"))
 
 
