@@ -214,7 +214,7 @@ def test_cli(tmp_path, capsys):
     spec.loader.exec_module(cli)
     out = tmp_path / "m.onnx"
     args = [
-        "test_resnet",
+        "test_efficientnet",
         "--out",
         str(out),
         "--size",

@@ -23,8 +23,8 @@ import timm
 import torch
 
 import visionattn
-from visionattn.models._registry import Family
 from visionattn import pretrained as vp
+from visionattn.models._registry import Family, get_family
 from visionattn.models.biformer import checkpoint_filter_fn
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -409,13 +409,21 @@ def test_generate_default_cfgs_records_sha256():
         vp.generate_default_cfgs({"model_y.in1k": dict(sha256="ab" * 32)})
 
 
+# Models up to this many million parameters (the record's figure) round-trip their full-size weights; larger ones
+# (DaViT-L/H/G) take the same code path and would need more memory and time than CI's 2 cores / 24 GB spare.
+ROUND_TRIP_MAX_PARAMS_M = 100
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", visionattn.list_models())
+@pytest.mark.parametrize(
+    "name", [n for n in visionattn.list_models() if get_family(n).params_m[n] <= ROUND_TRIP_MAX_PARAMS_M]
+)
 def test_every_model_loads_its_own_weights(name, tmp_path):
-    """Every registered model saves (safetensors) and reloads through the pretrained route unchanged."""
+    """Every registered model saves (safetensors) and reloads through visionattn's pretrained route unchanged
+    (timm-bound families too: visionattn.create_model reads the file with the safe loader)."""
     model = timm.create_model(name)
     path = tmp_path / f"{name}.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    loaded = visionattn.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     state = loaded.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
