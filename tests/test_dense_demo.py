@@ -158,6 +158,8 @@ def test_demo_config_trains_and_validates_an_isotropic_model(tmp_path, family, t
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=4, val_interval=4)
     cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False)]
     cfg.default_hooks.pop("visualization")
+    # mmengine keeps one visualizer per name per process: a fresh name writes this run's scalars to its work dir
+    cfg.visualizer.name = f"visualizer_{tmp_path.name}"
     cfg.work_dir = str(tmp_path / "work")
     runner = build_runner(cfg)
     runner.train()
