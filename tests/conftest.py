@@ -59,6 +59,15 @@ def pytest_configure(config):
     pytest.importorskip = importorskip_or_fail
 
 
+@pytest.fixture
+def one_thread():
+    """Model tests run torch on one thread: steadier on CI's 2 cores, and several test processes can share them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

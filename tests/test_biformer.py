@@ -32,12 +32,7 @@ OFFICIAL_PARAMS = {  # README of rayleizhu/BiFormer, millions
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _meta(name: str, **kwargs) -> nn.Module:

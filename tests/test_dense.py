@@ -51,12 +51,7 @@ PLAIN_PYRAMID = _plain(("test_efficientnet", "test_byobnet"))
 PLAIN_ISOTROPIC = _plain(("test_vit", "test_vit2"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(family) -> tuple[str, dict]:

@@ -30,12 +30,7 @@ OFFICIAL = FIXTURES / "biformer_reduced_official.pth"
 REDUCED = dict(depths=(1, 1, 2, 1), embed_dims=(32, 64, 64, 64), num_classes=10, n_win=7)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pretrained(**kwargs) -> VisionAttnBackbone:

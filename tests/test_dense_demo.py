@@ -36,12 +36,7 @@ def _demo():
 demo = _demo()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _derived(tmp_path: Path, task: str, *argv: str) -> tuple[Config, Config, str]:

@@ -24,8 +24,6 @@ import torch
 
 from visionattn.models import _registry
 
-pytestmark = pytest.mark.slow
-
 CASES = 150  # per family
 MAX_SIDE = 320
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -36,12 +34,7 @@ TOL = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 5e-2}
 SMALLEST = sorted(f.smallest for f in _registry.families())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _accepts(family: _registry.Family, default_hw: tuple[int, int], h: int, w: int) -> bool:

@@ -43,12 +43,7 @@ ALIASES = sorted(set(visionattn.list_models(aliases=True)) - set(MODELS))
 HEAVY = sorted(f.smallest for f in FAMILIES)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------

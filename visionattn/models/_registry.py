@@ -45,12 +45,10 @@ class DenseRecipe:
         out_norm: ``"none"`` (the maps as the model returns them) or ``"ln2d"`` (a LayerNorm2d on each
             returned map, not fed forward).
         model_kwargs: model arguments the official dense backbones change (e.g. a window count).
-        no_decay: parameter-name substrings the official dense recipes train without weight decay.
     """
 
     out_norm: str = "none"
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    no_decay: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.out_norm not in _OUT_NORMS:

@@ -666,8 +666,9 @@ register_family(
         num_stages=4,
         # one block per stage keeps every block type (routing in stages 1-3, global attention in stage 4)
         test_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64)),
-        # official dense backbones: a LayerNorm on each output, 16 regions per side for COCO (8 for ADE20K 512)
-        dense=DenseRecipe(out_norm="ln2d", model_kwargs=dict(n_win=16)),
+        # official dense backbones: a LayerNorm on each output, 16 regions per side for COCO (8 for ADE20K 512),
+        # padded regions unmasked (the official auto_pad)
+        dense=DenseRecipe(out_norm="ln2d", model_kwargs=dict(n_win=16, mask_padding=False)),
         # the region grid is computed in Python from the input size, so an export holds at its own size only
         onnx_dynamic_size=False,
         kernel_cases=_kernel_cases(),
