@@ -427,3 +427,34 @@ def test_every_model_loads_its_own_weights(name, tmp_path):
     loaded = visionattn.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     state = loaded.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_timm_bound_family_loads_through_the_safe_loader(tmp_path):
+    """visionattn.create_model on a timm-bound family: the file is read and verified here, not by timm."""
+    family = get_family("davit")
+    kwargs = dict(family.test_kwargs, num_classes=5)
+    src = timm.create_model(family.smallest, **kwargs).eval()
+    path = tmp_path / "davit.pth"
+    torch.save(src.state_dict(), path)
+    digest = _sha(path)
+    cfg = dict(timm.create_model(family.smallest, pretrained=False).pretrained_cfg, num_classes=5)
+
+    loaded = visionattn.create_model(
+        family.smallest, pretrained=True, pretrained_cfg=dict(cfg, file=str(path), sha256=digest), **kwargs
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), src(x), rtol=0, atol=0)
+    with pytest.raises(vp.ChecksumMismatchError):
+        visionattn.create_model(
+            family.smallest, pretrained=True, pretrained_cfg=dict(cfg, file=str(path), sha256="0" * 64), **kwargs
+        )
+
+    marker = tmp_path / "unpickled"
+    trojan = tmp_path / "trojan.pth"
+    torch.save({"model": src.state_dict(), "extra": _SideEffect(marker)}, trojan)
+    with pytest.raises(vp.UnsafeCheckpointError):
+        visionattn.create_model(
+            family.smallest, pretrained=True, pretrained_cfg_overlay=dict(file=str(trojan)), **kwargs
+        )
+    assert not marker.exists()

@@ -435,6 +435,20 @@ def convert_state_dict(model_name: str, state_dict: dict[str, torch.Tensor], mod
 # building
 
 
+def _pretrained_args(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], str | None]:
+    """Pop ``pretrained_cfg`` and ``pretrained_cfg_overlay`` from build kwargs: (cfg argument for timm, overlay
+    without ``sha256``, the ``sha256`` given in either)."""
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    sha256 = overlay.pop("sha256", None)
+    cfg_arg = kwargs.pop("pretrained_cfg", None)
+    if isinstance(cfg_arg, Mapping):
+        cfg_arg = dict(cfg_arg)
+        sha256 = sha256 or cfg_arg.pop("sha256", None)
+    elif cfg_arg is not None and not isinstance(cfg_arg, str):  # a PretrainedCfg
+        cfg_arg = cfg_arg.to_dict()
+    return cfg_arg, overlay, sha256
+
+
 def build_model(
     model_cls: type[nn.Module],
     variant: str,
@@ -452,14 +466,7 @@ def build_model(
     """
     if converter is None:
         converter = get_converter(variant)
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    sha256 = overlay.pop("sha256", None)
-    cfg_arg = kwargs.pop("pretrained_cfg", None)
-    if isinstance(cfg_arg, Mapping):
-        cfg_arg = dict(cfg_arg)
-        sha256 = sha256 or cfg_arg.pop("sha256", None)
-    elif cfg_arg is not None and not isinstance(cfg_arg, str):  # a PretrainedCfg
-        cfg_arg = cfg_arg.to_dict()
+    cfg_arg, overlay, sha256 = _pretrained_args(kwargs)
     if not pretrained:
         return build_model_with_cfg(
             model_cls,
@@ -518,9 +525,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         family = None
     if not pretrained or family is None or family.source != "timm":
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    sha256 = overlay.pop("sha256", None)
-    cfg_arg = kwargs.pop("pretrained_cfg", None)
+    cfg_arg, overlay, sha256 = _pretrained_args(kwargs)
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay).to_dict()
     state_dict = fetch_state_dict(cfg, sha256=sha256, cache_dir=kwargs.get("cache_dir"))
     model = timm.create_model(
@@ -532,6 +537,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         **kwargs,
     )
     model.pretrained_cfg.pop("state_dict", None)
+    if cfg.get("source"):
+        model.pretrained_cfg["source"] = cfg["source"]
     return model
 
 
