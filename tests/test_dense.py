@@ -63,8 +63,7 @@ def _input_hw(family, name: str, want: tuple[int, int] = (64, 96)) -> tuple[int,
     """An input size the family accepts, near ``want`` (its fixed size for fixed-size families)."""
     if family.fixed_input_size:
         return tuple(timm.create_model(name, pretrained=False).pretrained_cfg["input_size"][1:])
-    m = family.input_multiple
-    return tuple(-(-max(side, family.min_input_size) // m) * m for side in want)
+    return tuple(family.fit_size(side) for side in want)
 
 
 def _meta_info(name: str, **kwargs) -> list[dict]:

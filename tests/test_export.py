@@ -4,7 +4,6 @@ without Expand-fed gathers. The families, their test kwargs and the input sizes 
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -30,9 +29,8 @@ def record_sizes(family, side: int) -> tuple[tuple[int, int, int], tuple[int, in
     (a fixed-size family: its pretrained cfg's size and no second size)."""
     if family.fixed_input_size:
         return tuple(timm.models.get_pretrained_cfg(family.smallest).input_size), None
-    m = family.input_multiple
-    base = math.ceil(max(side, family.min_input_size) / m) * m
-    step = m if m > 1 else 16
+    base = family.fit_size(side)
+    step = family.input_multiple if family.input_multiple > 1 else 16
     first, second = (3, base, base), (3, base + 2 * step, base + step)
     assert family.accepts(*first[1:]) and family.accepts(*second[1:])
     return first, second

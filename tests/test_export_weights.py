@@ -8,7 +8,6 @@ fixture (tests/fixtures/README.md) goes through the family converter and must re
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,7 @@ FAMILIES = {f.name: f for f in families()}
 def _size(family) -> tuple[int, int, int]:
     if family.fixed_input_size:
         return tuple(timm.models.get_pretrained_cfg(family.smallest).input_size)
-    m = family.input_multiple
-    side = math.ceil(max(64, family.min_input_size) / m) * m
+    side = family.fit_size(64)
     return 3, side, side
 
 

@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 def _accepts(family: _registry.Family, default_hw: tuple[int, int], h: int, w: int) -> bool:
     if family.fixed_input_size:
         return (h, w) == default_hw
-    return min(h, w) >= family.min_input_size and h % family.input_multiple == 0 and w % family.input_multiple == 0
+    return family.accepts(h, w)
 
 
 def _sides(rng: random.Random, family: _registry.Family, default_hw: tuple[int, int]) -> tuple[int, int]:

@@ -71,18 +71,12 @@ def _default_hw(name: str) -> tuple[int, int]:
     return tuple(get_pretrained_cfg(name).input_size[1:])
 
 
-def _fit(side: int, family: _registry.Family) -> int:
-    """The smallest side >= ``side`` that the record's rule accepts."""
-    side = max(side, family.min_input_size)
-    return -(-side // family.input_multiple) * family.input_multiple
-
-
 def _hw(name: str, h: int, w: int | None = None) -> tuple[int, int]:
     """timm's test size ``h x w`` moved onto the family's size rule (the cfg size for fixed-size families)."""
     family = _family(name)
     if family.fixed_input_size:
         return _default_hw(name)
-    return _fit(h, family), _fit(h if w is None else w, family)
+    return family.fit_size(h), family.fit_size(h if w is None else w)
 
 
 def _sizes(name: str) -> list[tuple[int, int]]:
@@ -203,7 +197,7 @@ def test_size_rule_below_minimum(name):
         h, w = _default_hw(name)
         bad = [(h + 1, w), (h, w - 1)]
     else:
-        lo, m = _fit(1, family), family.input_multiple
+        lo, m = family.fit_size(1), family.input_multiple
         h = w = lo
         bad = [(lo - 1, lo + m)] if lo > 1 else []
         if m > 1:
@@ -279,8 +273,8 @@ def test_torchscript(name):
         with torch.no_grad():
             torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
     family = _family(name)
-    if not family.fixed_input_size and _fit(1, family) > 1:
-        side = _fit(1, family) - 1
+    if not family.fixed_input_size and family.fit_size(1) > 1:
+        side = family.fit_size(1) - 1
         with pytest.raises(Exception, match=rf"{side}x{side}"):
             scripted(torch.randn(1, 3, side, side))
 
@@ -568,7 +562,7 @@ def test_default_cfg(name):
     if cfg.get("min_input_size"):
         mh, mw = cfg["min_input_size"][1:]
         # timm's tests run at max(target, min_input_size): that size must be one the model takes
-        assert family.fixed_input_size or (mh, mw) == (_fit(mh, family), _fit(mw, family)), cfg["min_input_size"]
+        assert family.fixed_input_size or (mh, mw) == (family.fit_size(mh), family.fit_size(mw)), cfg["min_input_size"]
     assert len(cfg["mean"]) == len(cfg["std"]) == 3 and all(0 < s < 1 for s in cfg["std"])
     assert 0 < cfg["crop_pct"] <= 1
     assert cfg["interpolation"] in ("bilinear", "bicubic", "nearest")

@@ -102,6 +102,8 @@ def test_size_rule():
     family = _family(min_input_size=16, input_multiple=16)
     assert family.accepts(16, 64) and family.accepts(48, 32)
     assert not family.accepts(8, 64) and not family.accepts(24, 32) and not family.accepts(32, 40)
+    assert [family.fit_size(s) for s in (1, 16, 17, 40, 48)] == [16, 16, 32, 48, 48]
+    assert [_family(min_input_size=32).fit_size(s) for s in (1, 32, 33)] == [32, 32, 33]
 
 
 @pytest.mark.slow  # collects three test modules in a fresh interpreter

@@ -71,8 +71,7 @@ def _input_side(model_name: str, side: int) -> int:
         return side
     if family.fixed_input_size:
         return int(timm.create_model(model_name, pretrained=False).pretrained_cfg["input_size"][-1])
-    m = family.input_multiple
-    return -(-max(side, family.min_input_size) // m) * m
+    return family.fit_size(side)
 
 
 def _resize_pipelines(cfg, task: str, side: int) -> None:

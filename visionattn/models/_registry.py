@@ -140,6 +140,11 @@ class Family:
             self.input_multiple
         )
 
+    def fit_size(self, side: int) -> int:
+        """The smallest input side >= ``side`` that the size rule accepts (fixed-size families: see their cfg)."""
+        side = max(side, self.min_input_size)
+        return -(-side // self.input_multiple) * self.input_multiple
+
 
 _FAMILIES: dict[str, Family] = {}
 _MODEL_FAMILY: dict[str, str] = {}  # official name -> family
