@@ -13,7 +13,14 @@ import torch
 import torch.nn as nn
 from visionattn.kernels import bra
 
-from visionattn.export import OnnxMismatchError, check_onnx, export_onnx, find_expand_fed_gathers, require_onnx
+from visionattn.export import (
+    OnnxMismatchError,
+    check_onnx,
+    default_check_size,
+    export_onnx,
+    find_expand_fed_gathers,
+    require_onnx,
+)
 from visionattn.layers.routing import BiLevelRoutingAttention
 from visionattn.models import families, get_family
 
@@ -30,8 +37,8 @@ def record_sizes(family, side: int) -> tuple[tuple[int, int, int], tuple[int, in
     if family.fixed_input_size:
         return tuple(timm.models.get_pretrained_cfg(family.smallest).input_size), None
     base = family.fit_size(side)
-    step = family.input_multiple if family.input_multiple > 1 else 16
-    first, second = (3, base, base), (3, base + 2 * step, base + step)
+    first = (3, base, base)
+    second = default_check_size(first, family)
     assert family.accepts(*first[1:]) and family.accepts(*second[1:])
     return first, second
 
