@@ -14,7 +14,10 @@ Every query of a ``(H, W)`` map attends to a ``kh x kw`` window of keys around i
 The 2-D window is the product of the two axes. An optional relative positional bias ``rpb``
 ``(heads, 2kh-1, 2kw-1)`` is added to the logits at index ``(j' - i') + (K - 1)`` per axis (NAT/DiNAT
 checkpoints). Optional ``additional_keys/values`` ``(B, heads, M, d)`` are attended by every query inside the
-same softmax (TransNeXt's pooled keys).
+same softmax (TransNeXt's pooled keys), with an optional per-query bias on their logits ``additional_bias``
+``(B or 1, heads, H, W, M)`` (TransNeXt's continuous position bias). The Triton path folds that bias into the
+head dimension (``q`` gains the bias row, the extra keys an identity block, the window keys and all values zeros),
+so its head-dim limit applies to ``head_dim + M``.
 
 The reference gathers the ``kh * kw`` neighbours of every query with two index tensors (one per axis); the
 Triton kernels walk the union of the windows of a tile of queries (its key halo) with an online softmax and
@@ -48,7 +51,7 @@ def _pair(value, name: str) -> tuple[int, int]:
     return items
 
 
-def _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border):
+def _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border, additional_bias=None):
     if border not in _BORDERS:
         raise ValueError(f"border={border!r} is not one of {_BORDERS}; use 'shift' (NATTEN) or 'mask' (TransNeXt)")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -90,6 +93,18 @@ def _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_valu
             )
         if ak.dtype != q.dtype or av.dtype != q.dtype:
             raise TypeError(f"additional_keys/values must have q's dtype {q.dtype}, got {ak.dtype}, {av.dtype}")
+    if additional_bias is not None:
+        if additional_keys is None:
+            raise ValueError("additional_bias needs additional_keys/values (it biases their logits); pass them too")
+        m = additional_keys.shape[2]
+        ab = additional_bias
+        if not isinstance(ab, torch.Tensor) or ab.dtype != q.dtype:
+            raise TypeError(f"additional_bias must be a tensor of q's dtype {q.dtype}, got {getattr(ab, 'dtype', ab)}")
+        if ab.dim() != 5 or ab.shape[0] not in (1, b) or tuple(ab.shape[1:]) != (heads, h, w, m):
+            raise ValueError(
+                f"additional_bias must be (B or 1, heads, H, W, M) = ({b} or 1, {heads}, {h}, {w}, {m}), "
+                f"got {tuple(ab.shape)}"
+            )
     return kh, kw, dh, dw
 
 
@@ -131,13 +146,17 @@ def na2d_reference(
     additional_keys: torch.Tensor | None = None,
     additional_values: torch.Tensor | None = None,
     border: str = "shift",
+    additional_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch neighborhood attention; differentiable, runs anywhere, the ground truth for the kernels.
 
-    q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d).
-    Returns (B, heads, H, W, d). Memory: the gathered K and V are ``kh * kw`` times the size of K and V.
+    q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d);
+    additional_bias: (B or 1, heads, H, W, M). Returns (B, heads, H, W, d). Memory: the gathered K and V are
+    ``kh * kw`` times the size of K and V.
     """
-    kh, kw, dh, dw = _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border)
+    kh, kw, dh, dw = _check(
+        q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border, additional_bias
+    )
     if scale is None:
         scale = q.shape[-1] ** -0.5
     h, w = q.shape[2:4]
@@ -160,6 +179,8 @@ def na2d_reference(
     logits = logits.flatten(-2)
     if additional_keys is not None:
         extra = torch.einsum("bnhwd,bnmd->bnhwm", q * scale, additional_keys)
+        if additional_bias is not None:
+            extra = extra + additional_bias
         attn = torch.cat([logits, extra], dim=-1).softmax(dim=-1)
         attn, attn_extra = attn.split([kh * kw, extra.shape[-1]], dim=-1)
         out = torch.einsum("bnhwm,bnmd->bnhwd", attn_extra, additional_values)
@@ -741,6 +762,19 @@ class _NA2DFunction(torch.autograd.Function):
 # entry points
 
 
+def _fold_bias(q, k, v, ak, av, bias, scale):
+    """Per-query bias on the extra keys as extra head channels: q . k' gains ``bias`` for the extra keys only."""
+    b, heads, h, w, _ = q.shape
+    m = ak.shape[2]
+    q = torch.cat([q, (bias / scale).expand(b, -1, -1, -1, -1)], dim=-1)
+    zeros = q.new_zeros(b, heads, h, w, m)
+    k, v = torch.cat([k, zeros], dim=-1), torch.cat([v, zeros], dim=-1)
+    eye = torch.eye(m, device=q.device, dtype=q.dtype).expand(b, heads, m, m)
+    ak = torch.cat([ak, eye], dim=-1)
+    av = torch.cat([av, av.new_zeros(b, heads, m, m)], dim=-1)
+    return q, k, v, ak, av
+
+
 def na2d(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -754,28 +788,43 @@ def na2d(
     additional_values: torch.Tensor | None = None,
     border: str = "shift",
     backend: str | None = None,
+    additional_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """2-D neighborhood attention; see the module docstring for the window rule.
 
-    q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d).
-    Returns (B, heads, H, W, d). ``backend``: None (``VISIONATTN_KERNELS`` / the device), "auto", "triton"
-    or "reference"; the fallback rule and the fp32 precision rule are those of
-    :mod:`visionattn.kernels._dispatch`.
+    q, k, v: (B, heads, H, W, d); rpb: (heads, 2kh-1, 2kw-1); additional_keys/values: (B, heads, M, d);
+    additional_bias: (B or 1, heads, H, W, M). Returns (B, heads, H, W, d). ``backend``: None
+    (``VISIONATTN_KERNELS`` / the device), "auto", "triton" or "reference"; the fallback rule and the fp32
+    precision rule are those of :mod:`visionattn.kernels._dispatch`.
     """
-    kh, kw, dh, dw = _check(q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border)
+    kh, kw, dh, dw = _check(
+        q, k, v, kernel_size, dilation, rpb, additional_keys, additional_values, border, additional_bias
+    )
     _dispatch.check_devices(
-        "na2d", q, k=k, v=v, rpb=rpb, additional_keys=additional_keys, additional_values=additional_values
-    )
+        "na2d", q, k=k, v=v, rpb=rpb, additional_keys=additional_keys, additional_values=additional_values,
+        additional_bias=additional_bias,
+    )  # fmt: skip
+    folded = q.shape[-1] + (additional_bias.shape[-1] if additional_bias is not None else 0)
     path = _dispatch.select(
-        "na2d", (q, k, v, rpb, additional_keys, additional_values), backend, q.dtype, {"q/k/v": q.shape[-1]}
-    )
+        "na2d", (q, k, v, rpb, additional_keys, additional_values, additional_bias), backend, q.dtype,
+        {"q/k/v": q.shape[-1]} if additional_bias is None else {"q/k/v with additional_bias": folded},
+    )  # fmt: skip
     if path == "reference":
         return na2d_reference(
             q, k, v, (kh, kw), (dh, dw), rpb=rpb, scale=scale,
             additional_keys=additional_keys, additional_values=additional_values, border=border,
+            additional_bias=additional_bias,
         )  # fmt: skip
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if additional_bias is not None:
+        q, k, v, additional_keys, additional_values = _fold_bias(
+            q, k, v, additional_keys, additional_values, additional_bias, float(scale)
+        )
+        out = _NA2DFunction.apply(
+            q, k, v, rpb, additional_keys, additional_values, kh, kw, dh, dw, border == "shift", float(scale)
+        )
+        return out[..., : out.shape[-1] - additional_bias.shape[-1]]
     return _NA2DFunction.apply(
         q, k, v, rpb, additional_keys, additional_values, kh, kw, dh, dw, border == "shift", float(scale)
     )
@@ -808,11 +857,11 @@ class NeighborhoodAttention2DOp(nn.Module):
         self.backend = backend
         self.scale = scale
 
-    def forward(self, q, k, v, rpb=None, additional_keys=None, additional_values=None):
+    def forward(self, q, k, v, rpb=None, additional_keys=None, additional_values=None, additional_bias=None):
         return na2d(
             q, k, v, self.kernel_size, self.dilation, rpb=rpb, scale=self.scale,
             additional_keys=additional_keys, additional_values=additional_values,
-            border=self.border, backend=self.backend,
+            border=self.border, backend=self.backend, additional_bias=additional_bias,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
