@@ -41,6 +41,12 @@ MODELS = visionattn.list_models()
 ALIASES = sorted(set(visionattn.list_models(aliases=True)) - set(MODELS))
 # One model per family for the heavy tests: the smallest, built with the record's test kwargs.
 HEAVY = sorted(f.smallest for f in FAMILIES)
+# Every model up to this many million parameters (the record's params_m) runs forward and backward at full width and
+# depth; a larger one (DaViT-H/G, ...) would need more memory and time than CI's 2 cores, so it is built and run on
+# the meta device instead (shapes, no memory, no arithmetic).
+RUN_MAX_PARAMS_M = 300
+RUNNABLE = [m for m in MODELS if _registry.get_family(m).params_m[m] <= RUN_MAX_PARAMS_M]
+META_ONLY = [m for m in MODELS if m not in RUNNABLE]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -500,6 +506,55 @@ def test_full_model_default_size(name):
         assert torch.equal(_fx_out(_fx_model(model, train=False), x), eager)
         if _family(name).scriptable:
             torch.testing.assert_close(_script(model)(x), eager, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every registered name at full size: run up to RUN_MAX_PARAMS_M, on the meta device above it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_every_model_forward_backward(name):
+    """The full model (not the test kwargs) at a small size its rule allows: eval logits and the last map's shape,
+    then train mode with 42 classes, every parameter gets a finite gradient."""
+    hw = _hw(name, 64)
+    model = _create(name, full=True).eval()
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        out = model.forward_head(feats)
+    assert out.shape == (2, model.num_classes) and torch.isfinite(out).all()
+    _check_map(feats, hw, model.feature_info[-1]["reduction"], model.num_features, _output_fmt(model))
+    del model
+    model = _create(name, full=True, num_classes=42).train()
+    out = model(x)
+    assert out.shape == (2, 42)
+    (out * torch.randn_like(out)).sum().backward()
+    missing, nonfinite = _grads(model)
+    assert not missing, f"parameters without gradient: {missing}"
+    assert not nonfinite, f"parameters with a non-finite gradient: {nonfinite}"
+
+
+@pytest.mark.parametrize("name", META_ONLY)
+def test_large_model_constructs_and_runs_on_meta(name):
+    """A model over RUN_MAX_PARAMS_M: built on the meta device, its forward at the default size gives the logits'
+    and every feature map's shape (meta tensors carry shapes through every op without memory)."""
+    model = _meta(name).eval()
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+    hw = _default_hw(name)
+    x = torch.randn(1, 3, *hw, device="meta")
+    fmt = _output_fmt(model)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        out = model.forward_head(feats)
+    assert out.shape == (1, model.num_classes)
+    _check_map(feats, hw, model.feature_info[-1]["reduction"], model.num_features, fmt)
+    infos = model.feature_info
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    assert len(maps) == len(infos)
+    for t, info in zip(maps, infos):
+        _check_map(t, hw, info["reduction"], info["num_chs"], _family(name).feature_fmt)
 
 
 # ---------------------------------------------------------------------------------------------------------------
