@@ -195,8 +195,8 @@ def test_spec_environment_is_applied_and_restored(monkeypatch):
 
 
 def test_compare_cli_csv_and_markdown(tmp_path, capsys, monkeypatch):
-    # run order: (batch 2: first, compare), (batch 3: first, compare), two timed iterations each
-    clock = ScriptedClock([0.2, 0.2, 0.1, 0.1, 0.3, 0.3, 0.6, 0.6])
+    # interleaved: per batch, iteration 1 times first then compare, iteration 2 compare then first
+    clock = ScriptedClock([0.2, 0.1, 0.1, 0.2, 0.3, 0.6, 0.6, 0.3])
     peaks = [4 * 2**20, 2**20, 6 * 2**20, 3 * 2**20]
     monkeypatch.setattr(timing, "clock", clock)
     monkeypatch.setattr(timing, "peak_bytes", lambda fn, device: peaks.pop(0))
@@ -224,6 +224,35 @@ def test_compare_cli_csv_and_markdown(tmp_path, capsys, monkeypatch):
     stdout = capsys.readouterr().out
     assert stdout.startswith("| label | mode |") and stdout.count("\n| ") == 6  # 6 rows below the separator
     assert md_path.read_text().count("\n") == 8
+
+
+def test_interleaved_order_and_external_builder(tmp_path, monkeypatch):
+    # an external builder (a file outside any package) records the order in which the models are called
+    calls: list[str] = []
+    builder = tmp_path / "ext.py"
+    builder.write_text(
+        "import torch\n"
+        "class Tag(torch.nn.Module):\n"
+        "    def __init__(self, name, log):\n"
+        "        super().__init__()\n"
+        "        self.name, self.log, self.w = name, log, torch.nn.Parameter(torch.ones(3))\n"
+        "    def forward(self, x):\n"
+        "        self.log.append(self.name)\n"
+        "        return x.mean((2, 3)) * self.w\n"
+        "def make(name, log):\n"
+        "    return Tag(name, log)\n"
+    )
+    specs = [bench.ModelSpec(f"{builder}:make", kwargs=dict(name=n, log=calls)) for n in "ab"]
+    monkeypatch.setattr(timing, "clock", ScriptedClock([0.1, 0.4, 0.3, 0.2, 0.4, 0.2]))
+    a, b = bench.bench_models(specs, size=(8, 8), iters=3, warmup=1, memory=False)
+    # warm-up a, b; then a b | b a | a b: a takes 0.1, 0.2, 0.4 s, b 0.4, 0.3, 0.2 s
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert a.latency_ms == pytest.approx(200.0) and b.latency_ms == pytest.approx(300.0)
+    assert a.params_m == b.params_m == 3e-6
+    with pytest.raises(ValueError, match="has no function 'nope'"):
+        bench.bench_model(f"{builder}:nope", size=(8, 8), iters=1, warmup=0, memory=False)
+    with pytest.raises(ValueError, match="is not a file"):
+        bench.bench_model(f"{tmp_path}/missing.py:make", size=(8, 8), iters=1, warmup=0, memory=False)
 
 
 def test_compare_same_model_under_env(tmp_path):

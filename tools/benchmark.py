@@ -11,7 +11,11 @@ Kernel mode:
 The model is a name; ``--model-kwargs KEY=VALUE ...`` passes it keyword arguments. ``--compare`` takes a spec
 ``[NAME][,ENV_VAR=value][,kwarg=value]`` (see visionattn.bench.parse_spec): without a name it is the first model
 with its kwargs plus these items; with a name, a different model built with these items only. Ratios are
-first / compare.
+first / compare; the two are timed in one process, interleaved (A B, B A, ...). A name ``FILE.py:FUNC`` is an
+external builder: ``FUNC(**kwargs)`` returns the model, e.g. a paper's official code from a local checkout
+(``tools/external/<family>.py``; the checkout's path in the spec's ``VISIONATTN_OFFICIAL``):
+    python tools/benchmark.py biformer_tiny --batch 4 \
+        --compare tools/external/biformer.py:official,VISIONATTN_OFFICIAL=/path/to/BiFormer
 
 Kernel mode measures its ceilings (a device copy and a large matmul in the benchmark dtype) before the cases;
 ``--peak-tbps`` / ``--peak-tflops`` give them instead.
@@ -102,23 +106,20 @@ def run_models(argv: list[str]) -> str:
     rows: list = []
     for size in args.size:
         for batch in args.batch:
-            pair = [
-                bench.bench_model(
-                    spec,
-                    size=size,
-                    batch=batch,
-                    dtype=args.dtype or "float32",
-                    device=args.device,
-                    threads=args.threads,
-                    channels_last=args.channels_last,
-                    compile=args.compile,
-                    train=args.train,
-                    warmup=args.warmup,
-                    iters=args.iters,
-                    memory=not args.no_memory,
-                )
-                for spec in specs
-            ]
+            pair = bench.bench_models(
+                specs,
+                size=size,
+                batch=batch,
+                dtype=args.dtype or "float32",
+                device=args.device,
+                threads=args.threads,
+                channels_last=args.channels_last,
+                compile=args.compile,
+                train=args.train,
+                warmup=args.warmup,
+                iters=args.iters,
+                memory=not args.no_memory,
+            )
             rows += pair
             if len(pair) == 2:
                 ratio = bench.compare_ratio(*pair)

@@ -1,7 +1,7 @@
 """Benchmarks: whole models (images/s, latency, peak memory) and attention ops at the real models' shapes.
 
 * :mod:`~visionattn.bench.timing`: sync, timed calls, peak memory, thread / environment context, ceilings;
-* :mod:`~visionattn.bench.model`: model specs and :func:`bench_model`;
+* :mod:`~visionattn.bench.model`: model specs and :func:`bench_models` (interleaved, timm names or external builders);
 * :mod:`~visionattn.bench.opspec` and :mod:`~visionattn.bench.ops`: one spec per op (inputs, cost, impls);
 * :mod:`~visionattn.bench.kernel`: :func:`bench_kernels` over the family records' cases and baselines;
 * :mod:`~visionattn.bench.report`: CSV, markdown, plots.
@@ -10,7 +10,16 @@
 """
 
 from .kernel import GENERIC_IMPLS, KernelResult, baselines, bench_kernels, impl_names, kernel_cases
-from .model import MODEL_RATIO_FIELDS, ModelResult, ModelSpec, bench_model, compare_ratio, parse_spec
+from .model import (
+    MODEL_RATIO_FIELDS,
+    ModelResult,
+    ModelSpec,
+    bench_model,
+    bench_models,
+    build_external,
+    compare_ratio,
+    parse_spec,
+)
 from .opspec import (
     REQUIRED,
     Cost,
@@ -47,6 +56,8 @@ __all__ = [
     "baselines",
     "bench_kernels",
     "bench_model",
+    "bench_models",
+    "build_external",
     "compare_ratio",
     "cpu_peak_bytes",
     "impl_names",
