@@ -80,6 +80,8 @@ class Family:
             heavy shared tests (export, dense, training); applied to the family's smallest model.
         dense: the official dense recipe.
         scriptable: the models compile with ``torch.jit.script``.
+        drop_path: the models take ``drop_path_rate`` (stochastic depth); False for a family whose official
+            models have none (timm's constructor then refuses the argument).
         onnx_dynamic_size: one exported ONNX graph serves every input size (dynamic height / width axes);
             False: the export bakes the size in (sizes computed in Python), so one graph is exported per size.
         kernel_cases: kernel-benchmark cases at this family's real shapes, one mapping each: ``op`` (a
@@ -104,6 +106,7 @@ class Family:
     test_kwargs: Mapping[str, Any] = field(default_factory=dict)
     dense: DenseRecipe = field(default_factory=DenseRecipe)
     scriptable: bool = True
+    drop_path: bool = True
     onnx_dynamic_size: bool = False
     kernel_cases: tuple[Mapping[str, Any], ...] = ()
     kernel_baselines: Mapping[str, tuple[str, Callable[..., Any]]] = field(default_factory=dict)
