@@ -11,6 +11,7 @@ visible to ``visionattn.list_models()``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import torch.nn as nn
 Converter = Callable[[dict, nn.Module], dict]
 
 __all__ = [
+    "Checkpoint",
     "DenseRecipe",
     "Family",
     "register_family",
@@ -35,6 +37,9 @@ _LAYOUTS = ("hierarchical", "isotropic")
 _SOURCES = ("visionattn", "timm")
 _OUT_NORMS = ("none", "ln2d")
 _FORMATS = ("NCHW", "NHWC")
+_CKPT_TASKS = ("cls", "det", "seg")
+_CKPT_FORMATS = ("", "state_dict", "model", "mmcv", "safetensors")
+_CKPT_STATUSES = ("ok", "dead", "unknown", "none")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,68 @@ class DenseRecipe:
     def __post_init__(self) -> None:
         if self.out_norm not in _OUT_NORMS:
             raise ValueError(f"DenseRecipe.out_norm={self.out_norm!r} is not one of {_OUT_NORMS}")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One released checkpoint, as the checkpoint index (``visionattn.hub``) lists it.
+
+    An entry whose ``model`` and ``tag`` name one of the model's timm pretrained cfgs completes that cfg (status,
+    format, paper result, more download links); any other entry (a detection or segmentation checkpoint, a
+    release timm has no tag for) is listed on its own, under ``model.tag``.
+
+    Args:
+        model: one of the family's models (the classification model, or the backbone of a dense checkpoint).
+        tag: the pretrained tag (``"in1k"``); for a new entry a new tag (``"coco_maskrcnn_1x"``); ``""`` for a
+            model released without weights (with ``status="none"``).
+        task: ``"cls"``, ``"det"`` or ``"seg"``.
+        urls: download links besides the cfg's (the official release, mirrors), tried in this order after it.
+        format: how the file holds the weights: ``"state_dict"`` (bare), ``"model"`` (``{'model': ...}``),
+            ``"mmcv"`` (mmdet / mmseg ``{'state_dict': ...}``, keys prefixed ``backbone.`` / ``neck.`` / ...),
+            ``"safetensors"``; ``""``: not known.
+        size: file size in bytes, when known.
+        sha256: full hex sha256 of the file, when known (checked by ``hub fetch`` and ``hub convert``).
+        license: license of the weights (default: the cfg's ``license``).
+        status: ``"ok"`` (downloaded on ``checked``), ``"dead"`` (the links fail; say how in ``evidence``),
+            ``"unknown"`` (not checked), ``"none"`` (no weights were released).
+        evidence: what the status rests on (the answer the link gave, an issue URL).
+        checked: the date the status was observed, ``YYYY-MM-DD`` (or ``YYYY-MM`` when only the month is known).
+        top1: ImageNet-1k top-1 (%) the paper / official README reports for these weights.
+        result: the official result of a dense checkpoint, as text (``"box AP 45.0 / mask AP 41.1"``).
+        notes: what else a user must know (layout, what the converter does not cover).
+    """
+
+    model: str
+    tag: str
+    task: str = "cls"
+    urls: tuple[str, ...] = ()
+    format: str = ""
+    size: int | None = None
+    sha256: str = ""
+    license: str = ""
+    status: str = "unknown"
+    evidence: str = ""
+    checked: str = ""
+    top1: float | None = None
+    result: str = ""
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "urls", tuple(self.urls))
+        where = f"Checkpoint({self.model!r}, {self.tag!r})"
+        for attr, allowed in (("task", _CKPT_TASKS), ("format", _CKPT_FORMATS), ("status", _CKPT_STATUSES)):
+            if getattr(self, attr) not in allowed:
+                raise ValueError(f"{where}: {attr}={getattr(self, attr)!r} is not one of {allowed}")
+        if self.sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError(f"{where}: sha256={self.sha256!r} is not a full lower-case hex sha256 digest")
+        if self.checked and not re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", self.checked):
+            raise ValueError(f"{where}: checked={self.checked!r} is not a date YYYY-MM-DD (or YYYY-MM)")
+        if self.status in ("ok", "dead") and not (self.checked and self.evidence):
+            raise ValueError(f"{where}: status={self.status!r} needs the date it was seen (checked=) and evidence=")
+        if self.size is not None and self.size <= 0:
+            raise ValueError(f"{where}: size={self.size!r} must be a positive number of bytes")
+        if self.tag and not re.fullmatch(r"[a-z0-9_]+", self.tag):
+            raise ValueError(f"{where}: tag {self.tag!r} must be lower-case letters, digits and underscores")
 
 
 @dataclass(frozen=True)
@@ -88,6 +155,8 @@ class Family:
             ``visionattn.kernels`` op name), ``name`` (a label), the op's shape arguments.
         kernel_baselines: op name -> (label, function) of the official implementation of that op, benchmarked
             beside our kernels and usable as a test reference.
+        checkpoints: what the checkpoint index needs beyond the pretrained cfgs: status, format and paper result
+            of the released weights, their official links, and the dense checkpoints as entries of their own.
     """
 
     name: str
@@ -110,6 +179,7 @@ class Family:
     onnx_dynamic_size: bool = False
     kernel_cases: tuple[Mapping[str, Any], ...] = ()
     kernel_baselines: Mapping[str, tuple[str, Callable[..., Any]]] = field(default_factory=dict)
+    checkpoints: tuple[Checkpoint, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.lower():
@@ -130,6 +200,16 @@ class Family:
             raise ValueError(f"family {self.name!r}: params_m lacks {missing}; give the card's figure for each model")
         if self.min_input_size < 1 or self.input_multiple < 1:
             raise ValueError(f"family {self.name!r}: min_input_size and input_multiple must be positive")
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
+        seen = set()
+        for ckpt in self.checkpoints:
+            if not isinstance(ckpt, Checkpoint):
+                raise TypeError(f"family {self.name!r}: checkpoints holds a {type(ckpt).__name__}, not a Checkpoint")
+            if ckpt.model not in self.models:
+                raise ValueError(f"family {self.name!r}: Checkpoint model {ckpt.model!r} is not one of {self.models}")
+            if (ckpt.model, ckpt.tag) in seen:
+                raise ValueError(f"family {self.name!r}: two Checkpoint entries for {ckpt.model}.{ckpt.tag}")
+            seen.add((ckpt.model, ckpt.tag))
 
     @property
     def smallest(self) -> str:
