@@ -11,7 +11,137 @@ from __future__ import annotations
 
 from timm.models.davit import checkpoint_filter_fn
 
-from ._registry import DenseRecipe, Family, register_family
+from ._registry import Checkpoint, DenseRecipe, Family, register_family
+
+# The official release (github.com/dingmyu/davit README, commit fc79470): SharePoint share links, one per
+# checkpoint. timm's `msft_in1k` tags are its conversions of the classification ones, on the Hugging Face hub.
+_SHAREPOINT = "https://connecthkuhk-my.sharepoint.com/:u:/g/personal/u3007305_connect_hku_hk/{}"
+_UNCHECKED = "SharePoint share link from the official README; not checked (a share page may need a browser)"
+_CLS = {  # model: (top-1, official link)
+    "davit_tiny": (82.8, "EcJYlVYP9y5FsDbMP-nwjtABgLmdrNGZBxgR5--Kg3MZ7Q?e=v9OrXB"),
+    "davit_small": (84.2, "ERN_Gzm8oKdIvO01r0X2cscB_owuRAnnQPNGJEVGP23xHQ?e=MVW3ZO"),
+    "davit_base": (84.6, "Ea8kCpdM949CvTM0w7DWbGwBxxiACMSik4zx-emrNY0uKQ?e=aEjC7u"),
+}
+_DENSE = {  # (model, tag): (task, official result, official link)
+    ("davit_tiny", "coco_maskrcnn_1x"): (
+        "det",
+        "box AP 45.0 / mask AP 41.1",
+        "ERgc6486IzJPpPWDPJUwKP0BCc4oFtTgdudnPmmPqozqug?e=QWsLYg",
+    ),
+    ("davit_tiny", "coco_maskrcnn_3x"): (
+        "det",
+        "box AP 47.4 / mask AP 42.9",
+        "Ed1Su_p29_5KuX5Lbc2oq6gB3AVKnI-ojAT-yyICXWRbgg?e=XdJPsp",
+    ),
+    ("davit_small", "coco_maskrcnn_1x"): (
+        "det",
+        "box AP 47.7 / mask AP 42.9",
+        "EVgVH-9l--pJpBuly1xwsAkBx57Ph9ZAajt31vk-TqQPrA?e=byv2uC",
+    ),
+    ("davit_small", "coco_maskrcnn_3x"): (
+        "det",
+        "box AP 49.5 / mask AP 44.3",
+        "EQCvUkIhwxNOrR1KibewNU0BqDDxzt311xANejUHprm0yQ?e=LiK9hX",
+    ),
+    ("davit_base", "coco_maskrcnn_1x"): (
+        "det",
+        "box AP 48.2 / mask AP 43.3",
+        "EY5MU9O8n0ZPrvzCgakS4PoBdg6H3FCOSi1QVNCpJSQJ7g?e=MtdUGz",
+    ),
+    ("davit_base", "coco_maskrcnn_3x"): (
+        "det",
+        "box AP 49.9 / mask AP 44.6",
+        "Ed8kh4c1G41OmfIzo5sOS74Bccp1G65qg0H2s0WtcXUJZA?e=lnqLoQ",
+    ),
+    ("davit_tiny", "coco_retinanet_1x"): (
+        "det",
+        "box AP 44.0",
+        "EdNCWmdUArpPgjNn2JY37_QBs5KVNy8d-8bNK7DNyjYHyg?e=osMprJ",
+    ),
+    ("davit_tiny", "coco_retinanet_3x"): (
+        "det",
+        "box AP 46.5",
+        "EZ10htYokJhOi0serTLAx5cBGcJLL7PgWSO1uzlIXUw1Jg?e=zsMh4y",
+    ),
+    ("davit_small", "coco_retinanet_1x"): (
+        "det",
+        "box AP 46.0",
+        "EfWFiJY0iEpGhPzwQA5nv7IB-8bgnVfCHQVT4FqX8UeK9w?e=sr0Ed6",
+    ),
+    ("davit_small", "coco_retinanet_3x"): (
+        "det",
+        "box AP 48.2",
+        "Ef9u9l_81_1PvCKGngnrkPoB1mGjelED0CzXr7RJwoQB7w?e=zTYozh",
+    ),
+    ("davit_base", "coco_retinanet_1x"): (
+        "det",
+        "box AP 46.7",
+        "ESKE9OFCDzxGo2D2Eyr29c0BFhc-j8OjF2WRoSxSK0gn4g?e=KfyJCA",
+    ),
+    ("davit_base", "coco_retinanet_3x"): (
+        "det",
+        "box AP 48.7",
+        "Ea7c6g_OkqpHrGIviK2Ua-4B2wc4Rd0PTdXAlA2IyTZxGQ?e=N4askR",
+    ),
+    ("davit_tiny", "ade20k_upernet_160k"): (
+        "seg",
+        "mIoU 46.3 (ms+flip)",
+        "ERajqEKtzIBGgX2slZxCYrEBoEL-ZnLkUaXP9SHT-rp13w?e=Ga9U8a",
+    ),
+    ("davit_small", "ade20k_upernet_160k"): (
+        "seg",
+        "mIoU 48.8 (ms+flip)",
+        "Ef5hJPsJXNZLiRkUTL9-ozcBaVyVEAvolNwMUlsmJhm2Yg?e=BnJ6Et",
+    ),
+    ("davit_base", "ade20k_upernet_160k"): (
+        "seg",
+        "mIoU 49.4 (ms+flip)",
+        "EWl80Je0fUlNlbJzI_qKgIkBFX-epbfK3Vzgdq1C2iOsuA?e=wumOBS",
+    ),
+}
+_CHECKPOINTS = (
+    *(
+        Checkpoint(
+            model,
+            "msft_in1k",
+            urls=(_SHAREPOINT.format(link),),
+            top1=top1,
+            evidence=(
+                "the hub copy (timm's conversion) is not checked; the official link is a SharePoint share page"
+                + (
+                    " reported inaccessible (https://github.com/dingmyu/davit/issues/15)"
+                    if model == "davit_small"
+                    else ""
+                )
+            ),
+            notes="official repository: MIT; the official file is in the official layout (the converter maps it)",
+        )
+        for model, (top1, link) in _CLS.items()
+    ),
+    *(
+        Checkpoint(
+            model,
+            tag,
+            task=task,
+            urls=(_SHAREPOINT.format(link),),
+            format="mmcv",
+            license="mit",
+            result=result,
+            evidence=_UNCHECKED,
+            notes="full mmdet 2.x / mmseg 0.x model: backbone.* in the official layout plus norm0..3 (LN per output)",
+        )
+        for (model, tag), (task, result, link) in _DENSE.items()
+    ),
+    *(
+        Checkpoint(
+            model,
+            "",
+            status="none",
+            evidence="no weights were released (https://github.com/dingmyu/davit/issues/10)",
+        )
+        for model in ("davit_large", "davit_huge", "davit_giant")
+    ),
+)
 
 register_family(
     Family(
@@ -35,5 +165,6 @@ register_family(
         # the official dense backbones put a LayerNorm on each output
         dense=DenseRecipe(out_norm="ln2d"),
         onnx_dynamic_size=True,
+        checkpoints=_CHECKPOINTS,
     )
 )
