@@ -26,7 +26,7 @@ from visionattn.layers.input_size import check_input_size
 from visionattn.layers.routing import BiLevelRoutingAttention
 from visionattn.pretrained import build_model
 
-from ._registry import DenseRecipe, Family, register_family
+from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["BiFormer", "checkpoint_filter_fn", "bra_official_gather"]
 
@@ -673,5 +673,24 @@ register_family(
         onnx_dynamic_size=False,
         kernel_cases=_kernel_cases(),
         kernel_baselines={"bra": ("official gather", bra_official_gather)},
+        # the official ImageNet-1k releases (README top-1); no detection or segmentation weights were released
+        checkpoints=tuple(
+            Checkpoint(
+                model,
+                "in1k",
+                format="model",
+                status="dead",
+                checked="2026-03",
+                evidence="the OneDrive share links answer 'The provided share id was malformed.' "
+                "(https://github.com/rayleizhu/BiFormer/issues/53); no mirror is known",
+                top1=top1,
+            )
+            for model, top1 in (
+                ("biformer_tiny", 81.4),
+                ("biformer_small", 83.8),
+                ("biformer_base", 84.3),
+                ("biformer_stl", 82.7),
+            )
+        ),
     )
 )
