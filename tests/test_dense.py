@@ -116,6 +116,7 @@ def test_every_registered_model_plugs_in(name):
     assert [type(n) for n in b.out_norms] == [norm_type] * len(trunk_channels)
     if recipe.out_norm == "ln2d":
         assert [n.normalized_shape[0] for n in b.out_norms] == trunk_channels
+        assert [n.eps for n in b.out_norms] == [recipe.out_norm_eps] * len(trunk_channels)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)

@@ -130,6 +130,7 @@ class VisionAttnBackbone(BaseModule):
         out_norm: None takes the family's dense recipe (``"none"`` for models outside any family); ``"ln2d"``
             puts a LayerNorm2d on each returned trunk map (applied to the output only, not fed forward);
             ``"none"`` returns the maps as they are. With a pyramid, the norm is on the map the pyramid reads.
+        out_norm_eps: epsilon of those LayerNorm2d; None takes the family's recipe (1e-6 outside any family).
         recipe: False ignores the family's dense recipe (neutral defaults: no extra kwargs, no output norm).
         pyramid: build a simple feature pyramid (ViTDet style, :class:`~visionattn.dense.pyramid.SimplePyramid`)
             from the trunk's last map. None (default): for isotropic models (the family's ``layout`` is
@@ -154,6 +155,7 @@ class VisionAttnBackbone(BaseModule):
         model_kwargs: dict | None = None,
         out_indices: Sequence[int] | None = None,
         out_norm: str | None = None,
+        out_norm_eps: float | None = None,
         recipe: bool = True,
         pyramid: bool | None = None,
         pyramid_strides: Sequence[int] = (4, 8, 16, 32),
@@ -177,9 +179,15 @@ class VisionAttnBackbone(BaseModule):
                     f"and pretrained weights through init_cfg=dict(type='Pretrained', checkpoint=...)"
                 )
         model_kwargs, out_norm = resolve_dense_args(model_name, model_kwargs, out_norm, recipe)
+        if out_norm_eps is None:
+            found = dense_recipe(model_name) if recipe else None
+            out_norm_eps = found.out_norm_eps if found is not None else 1e-6
+        if not isinstance(out_norm_eps, (int, float)) or not out_norm_eps > 0:
+            raise ValueError(f"out_norm_eps={out_norm_eps!r} must be a positive float (or None for the recipe's)")
         self.model_name = model_name
         self.model_kwargs = model_kwargs
         self.out_norm = out_norm
+        self.out_norm_eps = float(out_norm_eps)
 
         info = _feature_info(model_name, model_kwargs)
         self.num_features = len(info)
@@ -197,7 +205,9 @@ class VisionAttnBackbone(BaseModule):
         self.nhwc = str(getattr(self.trunk, "output_fmt", "NCHW")).endswith("NHWC")
 
         trunk_channels = list(self.trunk.feature_info.channels())
-        self.out_norms = nn.ModuleList(LayerNorm2d(c) if out_norm == "ln2d" else nn.Identity() for c in trunk_channels)
+        self.out_norms = nn.ModuleList(
+            LayerNorm2d(c, eps=self.out_norm_eps) if out_norm == "ln2d" else nn.Identity() for c in trunk_channels
+        )
         self.pyramid: SimplePyramid | None = None
         if pyramid:
             if isinstance(pyramid_channels, int):
