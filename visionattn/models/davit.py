@@ -5,13 +5,71 @@ The models are timm's own (``timm.models.davit``): this file declares the family
 tests, dense adapter, export and benchmarks cover it, and so that ``visionattn.create_model(name, pretrained=True)``
 loads its weights through visionattn's safe loader (weights_only / safetensors, sha256) and timm's converter of the
 official Microsoft layout. Nothing is re-registered: ``timm.create_model("davit_tiny")`` builds exactly timm's model.
+
+What the family adds over timm: the official dense recipe (a LayerNorm ``norm{i}`` on each of the four outputs, eps
+1e-5, through ``visionattn.dense.VisionAttnBackbone``) and :func:`convert_dense_checkpoint`, which maps the official
+detection / segmentation checkpoints (dingmyu/davit ``mmdet/`` and ``mmseg/``) onto our detectors and segmentors.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 from timm.models.davit import checkpoint_filter_fn
 
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
+
+__all__ = ["convert_dense_checkpoint"]
+
+_OUT_NORM = re.compile(r"^norm(\d+)\.(weight|bias)$")
+_STAGE = re.compile(r"^stages\.(\d+)\.")
+
+
+def convert_dense_checkpoint(checkpoint: Mapping[str, Any], prefix: str = "backbone.") -> dict[str, torch.Tensor]:
+    """An official DaViT detection / segmentation checkpoint -> the state_dict of our detector / segmentor.
+
+    The official dense code (dingmyu/davit ``mmdet/`` and ``mmseg/``, mmdet 2.x / mmseg 0.x) saves mmcv checkpoints,
+    ``{'state_dict': {...}, 'meta': ...}``, whose backbone keys are the official classification layout
+    (``backbone.patch_embeds.*``, ``backbone.main_blocks.*``) plus one LayerNorm per output (``backbone.norm{i}.*``).
+    Our models hold ``VisionAttnBackbone('davit_*')`` as their backbone: timm's ``features_only`` DaViT under
+    ``backbone.trunk.`` (stage ``i`` as ``stages_{i}``) and the output norms under ``backbone.out_norms.{i}.``. The
+    backbone keys go through timm's converter of the official layout; every other key (neck, heads: mmdet 3.x and
+    mmseg 1.x kept their names for FPN, RPN / RoI / RetinaNet heads, UPerHead and FCNHead) is passed on unchanged.
+
+    Args:
+        checkpoint: the loaded file (``{'state_dict': ...}``) or its state_dict.
+        prefix: the backbone's key prefix in the checkpoint and in the model.
+
+    Returns:
+        a state_dict for ``model.load_state_dict`` (or ``mmengine.runner.load_checkpoint``, ``load_from=``).
+    """
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise TypeError(f"checkpoint must be a state_dict or {{'state_dict': ...}}, got {type(checkpoint).__name__}")
+    backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not backbone:
+        raise ValueError(
+            f"no key of the checkpoint starts with prefix={prefix!r} (first keys: {list(state)[:3]}); pass the "
+            "prefix the official model used for its backbone"
+        )
+    if any(k.startswith(("trunk.", "out_norms.")) for k in backbone):
+        raise ValueError(f"the checkpoint's {prefix}* keys are already in visionattn's layout; load it as it is")
+    out: dict[str, torch.Tensor] = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    trunk = {}
+    for k, v in backbone.items():
+        m = _OUT_NORM.match(k)
+        if m:
+            out[f"{prefix}out_norms.{m[1]}.{m[2]}"] = v
+        else:
+            trunk[k] = v
+    for k, v in checkpoint_filter_fn(trunk, None).items():
+        # timm's features_only wrapper flattens the stages Sequential: stages.1.x -> stages_1.x
+        out[prefix + "trunk." + _STAGE.sub(r"stages_\1.", k)] = v
+    return out
+
 
 # The official release (github.com/dingmyu/davit README, commit fc79470): SharePoint share links, one per
 # checkpoint. timm's `msft_in1k` tags are its conversions of the classification ones, on the Hugging Face hub.
@@ -162,8 +220,8 @@ register_family(
         layout="hierarchical",
         num_stages=4,
         test_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2)),
-        # the official dense backbones put a LayerNorm on each output
-        dense=DenseRecipe(out_norm="ln2d"),
+        # the official dense backbones (dingmyu/davit mmdet/ and mmseg/) put an nn.LayerNorm (eps 1e-5) on each output
+        dense=DenseRecipe(out_norm="ln2d", out_norm_eps=1e-5),
         onnx_dynamic_size=True,
         checkpoints=_CHECKPOINTS,
     )
