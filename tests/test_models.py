@@ -120,6 +120,19 @@ def _output_fmt(model: nn.Module) -> str:
     return str(getattr(model, "output_fmt", "NCHW"))
 
 
+def _check_features(model: nn.Module, t: torch.Tensor, hw: tuple[int, int]) -> None:
+    """The unpooled output of ``model`` for an ``hw`` input: a map in its ``output_fmt``, or for a token model
+    (``output_fmt == "NLC"``, timm's ViTs) (B, prefix + h * w, C) tokens, ``num_prefix_tokens`` class tokens first."""
+    fmt, reduction, channels = _output_fmt(model), model.feature_info[-1]["reduction"], model.num_features
+    if fmt != "NLC":
+        _check_map(t, hw, reduction, channels, fmt)
+        return
+    assert t.dim() == 3 and t.shape[-1] == channels, f"expected (B, N, {channels}) tokens, got {tuple(t.shape)}"
+    counts = {a * b for a in _allowed(hw[0], reduction) for b in _allowed(hw[1], reduction)}
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    assert t.shape[1] - prefix in counts, f"{tuple(t.shape)}: {prefix} prefix tokens + one of {sorted(counts)}"
+
+
 def _hooked_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of the plain model's ``feature_info`` modules, captured by forward hooks."""
     seen: dict[int, torch.Tensor] = {}
@@ -145,6 +158,10 @@ def _as_layout(hooked: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return hooked.permute(0, 3, 1, 2)
     if hooked.dim() == 4 and hooked.permute(0, 2, 3, 1).shape == like.shape:
         return hooked.permute(0, 2, 3, 1)
+    if hooked.dim() == 3 and like.dim() == 4 and hooked.shape[-1] == like.shape[1]:
+        # (B, prefix + h * w, C) tokens, the prefix (class) tokens first: timm's token layout
+        b, c, h, w = like.shape
+        return hooked[:, hooked.shape[1] - h * w :].reshape(b, h, w, c).permute(0, 3, 1, 2)
     raise AssertionError(f"hooked module output {tuple(hooked.shape)} is no layout of the map {tuple(like.shape)}")
 
 
@@ -179,7 +196,6 @@ def _grads(model: nn.Module) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize("name", HEAVY)
 def test_forward(name):
     model = _create(name).eval()
-    fmt = _output_fmt(model)
     for hw in _sizes(name):
         x = torch.randn(2, 3, *hw)
         with torch.no_grad():
@@ -189,7 +205,7 @@ def test_forward(name):
             whole = model(x)
         assert out.shape == (2, model.num_classes)
         assert pooled.shape == (2, model.head_hidden_size)
-        _check_map(feats, hw, model.feature_info[-1]["reduction"], model.num_features, fmt)
+        _check_features(model, feats, hw)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(whole, out)
 
@@ -336,7 +352,8 @@ def test_features_only(name):
     family = _family(name)
     plain = _create(name).eval()
     info = plain.feature_info
-    model = _create(name, features_only=True).eval()  # same seed: same weights
+    # every entry (timm's default out_indices may take fewer, e.g. the last blocks of a ViT); same seed: same weights
+    model = _create(name, features_only=True, out_indices=tuple(range(len(info)))).eval()
     assert model.feature_info.channels() == [f["num_chs"] for f in info]
     assert model.feature_info.reduction() == [f["reduction"] for f in info]
     for hw in (_hw(name, 96), _hw(name, 97, 65)):
@@ -388,8 +405,11 @@ def test_forward_intermediates(name):
     torch.testing.assert_close(normed_final, features)
     for a, b in zip(only, inter):
         torch.testing.assert_close(a, b)
-    for a, b in zip(normed[:-1], inter[:-1]):
-        torch.testing.assert_close(a, b)
+    if _output_fmt(model) == "NLC":  # timm's ViTs put the final token norm on every intermediate
+        assert [a.shape for a in normed] == [b.shape for b in inter]
+    else:
+        for a, b in zip(normed[:-1], inter[:-1]):
+            torch.testing.assert_close(a, b)
     assert normed[-1].shape == inter[-1].shape
     assert len(last_two) == 2
     torch.testing.assert_close(last_two[0], inter[-2])
@@ -416,7 +436,7 @@ def test_prune_intermediate_layers(name):
         torch.testing.assert_close(a, b)
     # timm's convention: pruning removes the classifier and the pooling, so forward returns an unpooled map.
     assert model.num_classes == 0
-    assert out.dim() == 4
+    assert out.dim() == (3 if _output_fmt(model) == "NLC" else 4)  # a token model: (B, N, C) tokens
 
 
 @pytest.mark.parametrize("name", HEAVY)
@@ -424,7 +444,6 @@ def test_reset_classifier(name):
     """timm: reset_classifier(0) gives num_classes 0 and the pre-logits; (0, '') an unpooled map; a new head works;
     the constructor takes num_classes=0 and global_pool=''."""
     model = _create(name).eval()
-    fmt = _output_fmt(model)
     hw = _hw(name, 96)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
@@ -438,7 +457,7 @@ def test_reset_classifier(name):
     model.reset_classifier(0, "")
     with torch.no_grad():
         unpooled = model(x)
-    _check_map(unpooled, hw, model.feature_info[-1]["reduction"], model.num_features, fmt)
+    _check_features(model, unpooled, hw)
     model.reset_classifier(7, "avg")
     assert model.get_classifier().out_features == 7 and model.num_classes == 7
     with torch.no_grad():
@@ -449,7 +468,7 @@ def test_reset_classifier(name):
     with torch.no_grad():
         assert headless(x).shape == (2, headless.head_hidden_size)
         bare = _create(name, num_classes=0, global_pool="").eval()(x)
-    _check_map(bare, hw, model.feature_info[-1]["reduction"], model.num_features, fmt)
+    _check_features(model, bare, hw)
 
 
 @pytest.mark.parametrize("name", HEAVY)
@@ -497,7 +516,7 @@ def test_full_model_default_size(name):
         feats = model.forward_features(torch.randn(1, *cfg["input_size"]))
         out = model.forward_head(feats)
     assert out.shape == (1, cfg["num_classes"]) and torch.isfinite(out).all()
-    _check_map(feats, hw, model.feature_info[-1]["reduction"], model.num_features, fmt)
+    _check_features(model, feats, hw)
     if cfg.get("pool_size"):
         assert _spatial(feats, fmt) == tuple(cfg["pool_size"])
     x = torch.randn(1, 3, *_hw(name, 128))
@@ -524,7 +543,7 @@ def test_every_model_forward_backward(name):
         feats = model.forward_features(x)
         out = model.forward_head(feats)
     assert out.shape == (2, model.num_classes) and torch.isfinite(out).all()
-    _check_map(feats, hw, model.feature_info[-1]["reduction"], model.num_features, _output_fmt(model))
+    _check_features(model, feats, hw)
     del model
     model = _create(name, full=True, num_classes=42).train()
     out = model(x)
@@ -543,12 +562,11 @@ def test_large_model_constructs_and_runs_on_meta(name):
     assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
     hw = _default_hw(name)
     x = torch.randn(1, 3, *hw, device="meta")
-    fmt = _output_fmt(model)
     with torch.no_grad():
         feats = model.forward_features(x)
         out = model.forward_head(feats)
     assert out.shape == (1, model.num_classes)
-    _check_map(feats, hw, model.feature_info[-1]["reduction"], model.num_features, fmt)
+    _check_features(model, feats, hw)
     infos = model.feature_info
     with torch.no_grad():
         maps = model.forward_intermediates(x, intermediates_only=True)
