@@ -20,6 +20,7 @@ With ``pretrained=True`` the weights are fetched here, not by timm:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import http.client
@@ -188,9 +189,24 @@ def _unsafe_globals(path: str) -> list[str]:
         return []
 
 
+class _ConfigAsDict:
+    """Stands in for a training-config class while unpickling: yields a plain OrderedDict (which the weights-only
+    unpickler fills with the config's keys and attributes); the real class is never imported or called."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> collections.OrderedDict:
+        return collections.OrderedDict()
+
+
+# Config objects that Swin-style training saves (Swin, LITv2, Agent Attention, ...) store under 'config': a
+# dict subclass holding plain values. They are read as plain dicts by name, without importing the class.
+_CONFIG_CLASSES = ("yacs.config.CfgNode",)
+
+
 def _allow_namespace():
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    return safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
+    if safe_globals is None:
+        return contextlib.nullcontext()
+    return safe_globals([argparse.Namespace, *((_ConfigAsDict, name) for name in _CONFIG_CLASSES)])
 
 
 def unwrap_state_dict(checkpoint: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -233,7 +249,7 @@ def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
         return unwrap_state_dict(safetensors.torch.load_file(path, device="cpu"), path)
     try:
         # DeiT-style training scripts (used by several official repos) store argparse.Namespace under 'args';
-        # rebuilding one only sets attributes, so it is allowed, as timm does.
+        # rebuilding one only sets attributes, so it is allowed, as timm does; yacs configs become plain dicts.
         with _allow_namespace():
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
