@@ -1,0 +1,160 @@
+"""Deformable convolution on ``torchvision.ops.deform_conv2d`` (no compiled extension), and LITv2's DTM.
+
+``DeformConv2dPack`` predicts its sampling offsets with a plain convolution of the input (zero-initialised, so it
+starts as an ordinary convolution), in the offset layout of DCNv1 / torchvision / mmcv: channel ``2 * k`` holds the
+vertical and ``2 * k + 1`` the horizontal displacement of kernel tap ``k`` (taps in row-major order).
+
+ONNX: the standard ``DeformConv`` op is opset 19 and torchvision exports none; during an ONNX export (or with
+``impl="grid_sample"``) the same sampling is expressed with one bilinear ``GridSample`` (zeros outside the map, as
+``deform_conv2d`` samples) and a matrix product, which every runtime runs. :func:`deform_conv2d_grid_sample` is
+that formulation, equal to ``deform_conv2d`` up to float rounding.
+"""
+
+# No `from __future__ import annotations`: TorchScript compiles forward from its annotations.
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from timm.layers import register_notrace_module, to_2tuple
+
+__all__ = ["DeformConv2dPack", "DeformTokenMerge", "deform_conv2d_grid_sample"]
+
+_IMPLS = ("auto", "torchvision", "grid_sample")
+
+
+def deform_conv2d_grid_sample(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` (one offset group, no mask, groups=1) with ``F.grid_sample``.
+
+    x: (B, C, H, W); offset: (B, 2*kh*kw, Ho, Wo); weight: (O, C, kh, kw) -> (B, O, Ho, Wo).
+    """
+    b, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = offset.shape[-2], offset.shape[-1]
+    taps = kh * kw
+    dtype, device = x.dtype, x.device
+    # sampling position of tap (i, j) for output (y, x): y*stride - pad + i*dilation + dy (same for x)
+    base_y = (torch.arange(ho, dtype=dtype, device=device) * stride[0] - padding[0]).view(1, 1, ho, 1)
+    base_x = (torch.arange(wo, dtype=dtype, device=device) * stride[1] - padding[1]).view(1, 1, 1, wo)
+    tap_y = (torch.arange(kh, dtype=dtype, device=device) * dilation[0]).repeat_interleave(kw).view(1, taps, 1, 1)
+    tap_x = (torch.arange(kw, dtype=dtype, device=device) * dilation[1]).repeat(kh).view(1, taps, 1, 1)
+    off = offset.view(b, taps, 2, ho, wo)
+    pos_y = base_y + tap_y + off[:, :, 0]
+    pos_x = base_x + tap_x + off[:, :, 1]
+    # align_corners=False: pixel p sits at (2p + 1) / size - 1 (defined for a side of 1 too)
+    grid = torch.stack([(2 * pos_x + 1) / w - 1, (2 * pos_y + 1) / h - 1], dim=-1)
+    sampled = F.grid_sample(
+        x, grid.view(b, taps * ho, wo, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # (B, C, taps*Ho, Wo)
+    cols = sampled.view(b, c * taps, ho * wo)
+    out = torch.matmul(weight.reshape(o, c * taps), cols).view(b, o, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, o, 1, 1)
+    return out
+
+
+@register_notrace_module
+class DeformConv2dPack(nn.Module):
+    """Deformable conv whose offsets come from a conv of the input; (B, C_in, H, W) -> (B, C_out, Ho, Wo).
+
+    Args:
+        in_chs, out_chs, kernel_size, stride, padding, dilation: as ``nn.Conv2d`` (groups 1, one offset group).
+        bias: learnable bias of the deformable conv.
+        impl: ``"auto"`` (torchvision; the grid-sample form inside an ONNX export), ``"torchvision"`` or
+            ``"grid_sample"``.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if impl not in _IMPLS:
+            raise ValueError(f"impl={impl!r} is not one of {_IMPLS}")
+        self.impl = impl
+        self.kernel_size = to_2tuple(kernel_size)
+        self.stride = to_2tuple(stride)
+        self.padding = to_2tuple(padding)
+        self.dilation = to_2tuple(dilation)
+        self.weight = nn.Parameter(torch.empty(out_chs, in_chs, *self.kernel_size, **dd))
+        self.bias = nn.Parameter(torch.empty(out_chs, **dd)) if bias else None
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(
+            in_chs, 2 * taps, self.kernel_size, self.stride, self.padding, self.dilation, bias=True, **dd
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Conv2d's init for the conv; zero offsets, so that training starts from a plain convolution."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight[0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, impl={self.impl!r}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A NaN offset (from a NaN input) would make torchvision's kernel index out of bounds (every bounds check
+        # is false for NaN): such a position samples far outside the map and its output is set to NaN afterwards.
+        offset = self.conv_offset(x)
+        nan_at = offset.isnan().any(dim=1, keepdim=True)
+        offset = offset.masked_fill(nan_at, -1e6)
+        use_grid = self.impl == "grid_sample"
+        if self.impl == "auto" and not torch.jit.is_scripting():
+            use_grid = torch.onnx.is_in_onnx_export()
+        if use_grid:
+            out = deform_conv2d_grid_sample(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation)
+            return out.masked_fill(nan_at, float("nan"))
+        weight, bias = self.weight, self.bias
+        dtype = x.dtype
+        if dtype != torch.float32 and dtype != torch.float64:
+            # half / bfloat16: sampled in float32 (torchvision's CPU kernel has no bfloat16; the official DCN runs
+            # in float32 under mixed precision too), the result cast back
+            x, offset, weight = x.float(), offset.float(), weight.float()
+            bias = bias.float() if bias is not None else None
+        out = torchvision.ops.deform_conv2d(
+            x, offset, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation
+        )
+        return out.to(dtype).masked_fill(nan_at, float("nan"))
+
+
+class DeformTokenMerge(nn.Module):
+    """LITv2's DTM: 2x2 stride-2 deformable conv, BatchNorm, GELU; (B, C, H, W) -> (B, C_out, H // 2, W // 2).
+
+    An odd last row / column is dropped (2x2 stride-2 windows without padding), as in the official dense code.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, impl: str = "auto", device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.dconv = DeformConv2dPack(in_chs, out_chs, kernel_size=2, stride=2, padding=0, impl=impl, **dd)
+        self.norm = nn.BatchNorm2d(out_chs, **dd)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.dconv(x)))
