@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -136,6 +137,15 @@ def test_list_cli(capsys):
     assert "pick one of" in capsys.readouterr().err
 
 
+def test_tools_wrapper_is_the_same_cli(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["tools/hub.py", "list", "--family", "davit", "--json"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "tools" / "hub.py"), run_name="__main__")
+    assert info.value.code == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert names == [e.name for e in hub.build_index([get_family("davit")]).values()]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # fetch from a local server
 
@@ -222,6 +232,28 @@ def test_fetch_verifies_caches_and_converts(server, official, tmp_path, capsys):
         assert torch.equal(model.state_dict()[k], v), k
 
 
+def test_fetch_shows_progress_and_tries_the_sources_in_order(server, official, tmp_path, monkeypatch, capsys):
+    """A source that fails (a hub repo not reachable offline, a 404) hands over to the next; a bar shows."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    _Server.files["/good.pth"] = official.read_bytes()
+    index = _index(
+        Checkpoint(
+            "biformer_tiny",
+            "mirrors",
+            urls=("hf-hub:visionattn/not-cached", f"{server}/missing.pth", f"{server}/good.pth"),
+            sha256=_sha(official),
+        )
+    )
+    assert hub.main(["fetch", "biformer_tiny.mirrors", "--cache-dir", str(tmp_path)], index=index) == 0
+    captured = capsys.readouterr()
+    assert _sha(captured.out.strip()) == _sha(official)
+    assert [p for p, _ in _Server.requests] == ["/missing.pth", "/good.pth"]
+    assert f"downloading {server}/good.pth" in captured.err
+    assert "biformer_tiny.mirrors: 100%" in captured.err  # the progress bar (tqdm) reached the full size
+
+
 def test_fetch_resumes_a_broken_download(server, official, tmp_path):
     body = official.read_bytes()
     _Server.files["/big.pth"] = body
@@ -292,6 +324,11 @@ def test_dead_source_message_gives_the_offline_route(server, official, tmp_path,
     assert hub.main(["fetch", "biformer_tiny.gone", "--cache-dir", str(cache), "--file", str(official)], index) == 0
     cached = Path(capsys.readouterr().out.strip())
     assert cached == cache / vp._cache_name(f"{server}/missing.pth", "biformer_tiny") and _sha(cached) == _sha(official)
+    # and create_model finds it there: no request is made for the dead link
+    requests = len(_Server.requests)
+    overlay = dict(url=f"{server}/missing.pth", num_classes=10)
+    timm.create_model("biformer_tiny", pretrained=True, cache_dir=str(cache), pretrained_cfg_overlay=overlay, **REDUCED)
+    assert len(_Server.requests) == requests
 
 
 def test_no_network_message(tmp_path, capsys):
@@ -347,7 +384,15 @@ def test_identify_by_key_layout(tmp_path):
     # a detection checkpoint: the backbone under 'backbone.' in an mmcv {'state_dict': ...}
     with torch.device("meta"):
         backbone = timm.create_model("davit_small", num_classes=0)
-    found = hub.identify(_shapes_only(backbone, tmp_path / "d.pth", wrap="state_dict", prefix="backbone."), index)
+    path = _shapes_only(backbone, tmp_path / "d.pth", wrap="state_dict", prefix="backbone.")
+    dense = torch.load(path, weights_only=True)
+    for i, dim in enumerate((96, 192, 384, 768)):  # the official dense backbone's LayerNorm per output
+        dense["state_dict"].update(
+            {f"backbone.norm{i}.weight": torch.ones(dim), f"backbone.norm{i}.bias": torch.zeros(dim)}
+        )
+    dense["state_dict"]["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 96, 1, 1)
+    torch.save(dense, path)
+    found = hub.identify(path, index)
     assert found["format"] == "mmcv"
     [match] = found["by_layout"]
     assert match["model"] == "davit_small" and match["dense"] and "davit_small.coco_maskrcnn_1x" in match["entries"]
@@ -389,6 +434,32 @@ def test_convert_official_file_round_trip_equals_the_official_outputs(official, 
     with torch.no_grad():
         logits = model.double()(ref["input"].double())
     torch.testing.assert_close(logits, ref["logits"], rtol=1e-10, atol=1e-10)
+
+
+def _fake_hub_cache(cache: Path, repo: str, folder: Path) -> None:
+    """huggingface_hub's cache layout for ``repo`` holding the files of ``folder`` (what an upload serves)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = cache / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    (base / "snapshots" / commit).mkdir(parents=True)
+    for file in folder.iterdir():
+        (base / "snapshots" / commit / file.name).write_bytes(file.read_bytes())
+
+
+def test_converted_folder_loads_from_the_hugging_face_hub(official, tmp_path, monkeypatch):
+    """The converted folder, as uploaded to a hub repo, loads with plain timm's hf-hub: route (hub cache, offline)."""
+    import huggingface_hub.constants
+
+    out, _ = hub.convert("biformer_tiny", official, tmp_path / "folder", model_kwargs=REDUCED)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hub_cache"
+    _fake_hub_cache(cache, "visionattn/biformer-reduced", Path(out))
+    from_hub = timm.create_model("hf-hub:visionattn/biformer-reduced", pretrained=True, cache_dir=str(cache))
+    from_dir = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert from_hub.num_classes == 10
+    for k, v in from_dir.state_dict().items():
+        assert torch.equal(from_hub.state_dict()[k], v), k
 
 
 def _input_size(family: Family, model: torch.nn.Module) -> tuple[int, int]:

@@ -268,7 +268,7 @@ def _progress(total: int | None, initial: int, label: str, enabled: bool):
         enabled = False
     if not enabled:
         return _NoBar()
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False)
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True)
 
 
 class _NoBar:
@@ -440,9 +440,10 @@ def fetch(
             _note_sha(entry, target, log)
             return target
         except vp.CheckpointDownloadError as err:
-            failures.append(str(err).split(". Download ")[0])
             if "broke off" in str(err) or "ended after" in str(err):
                 raise  # resumable: the next call continues this source
+            failures.append(str(err).split(". Download ")[0])
+            print(f"{entry.name}: {failures[-1]}", file=log)
     status = ""
     if entry.status == "dead":
         status = f"The index records these links as dead since {entry.checked}: {entry.evidence}.\n"
