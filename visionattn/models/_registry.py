@@ -52,15 +52,21 @@ class DenseRecipe:
         model_kwargs: model arguments the official dense backbones change (e.g. a window count).
         out_norm_eps: the epsilon of the output LayerNorms (``nn.LayerNorm``'s 1e-5 where the official code uses
             it; the difference shows at 1e-5 on maps of small variance).
+        neck: the official neck that replaces FPN, as an mm config (``type`` registered by ``visionattn.dense``,
+            and the arguments other than ``in_channels`` / ``out_channels`` / ``num_outs``), for backbones whose
+            levels a standard FPN cannot use (e.g. three stages at strides 16 / 32 / 64); empty: FPN.
     """
 
     out_norm: str = "none"
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     out_norm_eps: float = 1e-6
+    neck: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.out_norm not in _OUT_NORMS:
             raise ValueError(f"DenseRecipe.out_norm={self.out_norm!r} is not one of {_OUT_NORMS}")
+        if self.neck and not isinstance(self.neck.get("type"), str):
+            raise ValueError(f"DenseRecipe.neck={dict(self.neck)!r} needs a 'type' naming a registered neck")
         if not self.out_norm_eps > 0:
             raise ValueError(f"DenseRecipe.out_norm_eps={self.out_norm_eps!r} must be a positive float")
 
