@@ -75,6 +75,18 @@ def _expects_pyramid(family, info: list[dict]) -> bool:
     return family.layout == "isotropic" or len({f["reduction"] for f in info}) == 1
 
 
+def _open_zero_gates(model: nn.Module) -> None:
+    """Zero-initialised residual gates (a norm whose weight is all zeros: ResNet's zero_init_last, the last
+    BatchNorm of a residual branch) block their branch's gradient by design; set them to one so that a gradient
+    check sees every path."""
+    with torch.no_grad():
+        for m in model.modules():
+            weight = getattr(m, "weight", None)
+            if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm) and weight is not None:
+                if not weight.abs().sum() > 0:
+                    weight.fill_(1.0)
+
+
 def _copy_into_trunk(trunk: nn.Module, ref: nn.Module) -> None:
     """Copy ``ref``'s weights into the feature wrapper (which renames ``stages.0`` -> ``stages_0`` or nests the
     model under ``model.``); every trunk tensor must find its source."""
@@ -82,7 +94,9 @@ def _copy_into_trunk(trunk: nn.Module, ref: nn.Module) -> None:
     new = {}
     for k in trunk.state_dict():
         src = k.removeprefix("model.")
-        src = src if src in ref_sd else src.replace("_", ".", 1)
+        # the wrapper joins a flattened Sequential's name and its child's with "_": try each underscore
+        cands = [src] + [src[:i] + "." + src[i + 1 :] for i, ch in enumerate(src.split(".")[0]) if ch == "_"]
+        src = next((c for c in cands if c in ref_sd), src)
         new[k] = ref_sd[src]
     trunk.load_state_dict(new)
 
@@ -144,6 +158,7 @@ def test_recipe_defaults_forward_and_backward(family):
     """The family's dense recipe (and a pyramid for isotropic models): shapes, strides, a gradient everywhere."""
     name, kwargs = _small(family)
     b = VisionAttnBackbone(name, kwargs, pyramid_channels=32).train()
+    _open_zero_gates(b)
     h, w = _input_hw(family, name)
     outs = b(torch.randn(2, 3, h, w))
     assert [tuple(o.shape) for o in outs] == [(2, c, -(-h // s), -(-w // s)) for c, s in zip(b.channels, b.strides)]
@@ -447,17 +462,38 @@ def _seg_batch(hw: tuple[int, int] = (64, 64)):
 def _family_backbone(family, **kwargs) -> tuple[dict, VisionAttnBackbone, tuple[int, int]]:
     """A backbone config for the family's smallest model returning four levels (the first four of stride 4 or
     more, as the base configs' heads expect), the backbone it builds (on the meta device, for its widths and
-    strides) and an input size the family accepts."""
+    strides) and an input size the family accepts. A family whose record names its own neck
+    (``DenseRecipe.neck``) returns every level: the neck builds the finer ones."""
     name, model_kwargs = _small(family)
     cfg = dict(type="VisionAttnBackbone", model_name=name, model_kwargs=model_kwargs, pyramid_channels=32, **kwargs)
     with torch.device("meta"):
         every = VisionAttnBackbone(**{k: v for k, v in cfg.items() if k != "type"})
-    cfg["out_indices"] = tuple([i for i, s in enumerate(every.strides) if s >= 4][:4])
-    assert len(cfg["out_indices"]) == 4, f"{name}: strides {every.strides} offer no four levels of stride >= 4"
+    if family.dense.neck:
+        cfg["out_indices"] = tuple(range(len(every.strides)))
+    else:
+        cfg["out_indices"] = tuple([i for i, s in enumerate(every.strides) if s >= 4][:4])
+        assert len(cfg["out_indices"]) == 4, f"{name}: strides {every.strides} offer no four levels of stride >= 4"
     with torch.device("meta"):
         b = VisionAttnBackbone(**{k: v for k, v in cfg.items() if k != "type"})
     side = max(64, 2 * max(b.strides))
     return cfg, b, _input_hw(family, name, want=(side, side))
+
+
+def _recipe_neck(family, b: VisionAttnBackbone, base_neck: dict, hw: tuple[int, int], registry) -> tuple[dict, list]:
+    """The family's own neck (``DenseRecipe.neck``) in place of the base config's FPN: on every backbone level,
+    five outputs of the base config's width (extra convolutions as the base config says), and its output strides,
+    measured by running it on zero maps of the backbone's shapes at ``hw``."""
+    cfg = dict(family.dense.neck, in_channels=b.channels, out_channels=base_neck["out_channels"], num_outs=5)
+    cfg["start_level"] = 0
+    if base_neck.get("add_extra_convs"):
+        cfg["add_extra_convs"] = base_neck["add_extra_convs"]
+    neck = registry.build(cfg)
+    h, w = hw
+    with torch.no_grad():
+        outs = neck([torch.zeros(1, c, -(-h // s), -(-w // s)) for c, s in zip(b.channels, b.strides)])
+    strides = [h // o.shape[-2] for o in outs]
+    assert strides == sorted(set(strides)) and [w // o.shape[-1] for o in outs] == strides, (h, w, strides)
+    return cfg, strides
 
 
 def _grads_reach_the_backbone(backbone: VisionAttnBackbone, first_level: int = 0) -> None:
@@ -485,15 +521,20 @@ def test_mmdet_detector_loss_and_predict(family, detector):
     base = "retinanet_fpn" if detector == "retinanet" else "mask_rcnn_fpn"
     cfg = Config.fromfile(str(ROOT / f"configs/_base_/models/{base}.py")).model
     cfg.backbone, b, hw = _family_backbone(family, norm_eval=True)
-    cfg.neck.in_channels = b.channels
     # anchors and RoI strides follow the levels (the base configs' are those of strides 4/8/16/32)
-    s = b.strides
-    if detector == "retinanet":  # FPN from level 1, two extra stride-2 levels
-        cfg.bbox_head.anchor_generator.strides = [*s[1:], 2 * s[-1], 4 * s[-1]]
-    else:  # FPN on every level plus one max-pooled level
-        cfg.rpn_head.anchor_generator.strides = [*s, 2 * s[-1]]
-        cfg.roi_head.bbox_roi_extractor.featmap_strides = s
-        cfg.roi_head.mask_roi_extractor.featmap_strides = s
+    if family.dense.neck:  # the family's neck gives five levels: anchors on all of them, RoIs on the finest four
+        cfg.neck, levels = _recipe_neck(family, b, cfg.neck, hw, MODELS)
+    else:
+        cfg.neck.in_channels = b.channels
+        s = b.strides
+        # RetinaNet: FPN from level 1, two extra stride-2 levels; Mask R-CNN: every level plus one max-pooled
+        levels = [*s[1:], 2 * s[-1], 4 * s[-1]] if detector == "retinanet" else [*s, 2 * s[-1]]
+    if detector == "retinanet":
+        cfg.bbox_head.anchor_generator.strides = levels
+    else:
+        cfg.rpn_head.anchor_generator.strides = levels
+        cfg.roi_head.bbox_roi_extractor.featmap_strides = levels[:4]
+        cfg.roi_head.mask_roi_extractor.featmap_strides = levels[:4]
     model = MODELS.build(cfg)
     model.init_weights()
     model.train()
@@ -538,14 +579,19 @@ def test_mmseg_segmentor_loss_and_predict(family, head):
     cfg.backbone, b, hw = _family_backbone(family)
     cfg.data_preprocessor.size = hw
     cfg.decode_head.num_classes = 3
+    widths, strides = b.channels, b.strides
+    if family.dense.neck:  # the family's neck (before UPerNet too): its finest four levels feed the heads
+        cfg.neck, s = _recipe_neck(family, b, cfg.get("neck") or dict(out_channels=32), hw, MODELS)
+        widths, strides = [cfg.neck["out_channels"]] * 4, s[:4]
+    elif head != "upernet":
+        cfg.neck.in_channels = b.channels
     if head == "upernet":
-        cfg.decode_head.in_channels = b.channels
+        cfg.decode_head.in_channels = widths
         cfg.decode_head.channels = 32
-        cfg.auxiliary_head.in_channels = b.channels[2]
+        cfg.auxiliary_head.in_channels = widths[2]
         cfg.auxiliary_head.num_classes = 3
     else:
-        cfg.neck.in_channels = b.channels
-        cfg.decode_head.feature_strides = b.strides
+        cfg.decode_head.feature_strides = strides
     model = MODELS.build(cfg)
     model.init_weights()
     model.train()
