@@ -244,6 +244,48 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
     raise TypeError(f"model output of type {type(out).__name__} cannot be compared with onnxruntime")
 
 
+def _antialiased_bicubic(g, x, output_size, align_corners, scales_h=None, scales_w=None):
+    """``aten::_upsample_bicubic2d_aa`` (bicubic with ``antialias=True``, as timm resamples position tables) as an
+    ONNX Resize (opset 18+): antialias on, PyTorch's cubic coefficient -0.5, samples outside the input excluded."""
+    from torch.onnx import symbolic_helper
+
+    if symbolic_helper._is_packed_list(output_size):  # sizes traced from the input's shape
+        parts = [symbolic_helper._unsqueeze_helper(g, v, [0]) for v in symbolic_helper._unpack_list(output_size)]
+        size = g.op("Cast", g.op("Concat", *parts, axis_i=0), to_i=7)  # int64
+    else:
+        size = g.op("Constant", value_t=torch.tensor(symbolic_helper._parse_arg(output_size, "is"), dtype=torch.int64))
+    lead = g.op(
+        "Slice",
+        g.op("Shape", x),
+        g.op("Constant", value_t=torch.tensor([0])),
+        g.op("Constant", value_t=torch.tensor([2])),
+    )
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    corners = symbolic_helper._parse_arg(align_corners, "b")
+    return g.op(
+        "Resize",
+        x,
+        empty,
+        empty,
+        g.op("Concat", lead, size, axis_i=0),
+        mode_s="cubic",
+        antialias_i=1,
+        cubic_coeff_a_f=-0.5,
+        exclude_outside_i=1,
+        coordinate_transformation_mode_s="align_corners" if corners else "half_pixel",
+    )
+
+
+_SYMBOLICS_REGISTERED: set[int] = set()
+
+
+def _register_symbolics(opset: int) -> None:
+    """Ops the legacy exporter lacks: antialiased bicubic resampling, which ONNX Resize has from opset 18."""
+    if opset >= 18 and opset not in _SYMBOLICS_REGISTERED:
+        torch.onnx.register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _antialiased_bicubic, opset)
+        _SYMBOLICS_REGISTERED.add(opset)
+
+
 def _export_one(
     model: nn.Module,
     x: torch.Tensor,
@@ -258,6 +300,7 @@ def _export_one(
     out_names = ["output"] if len(out_ranks) == 1 else [f"output{i}" for i in range(len(out_ranks))]
     path.parent.mkdir(parents=True, exist_ok=True)
     if exporter == "legacy":
+        _register_symbolics(opset)
         axes: dict[str, dict[int, str]] = {}
         if dynamic_batch:
             axes = {n: {0: "batch"} for n in ["input", *out_names]}
