@@ -565,7 +565,7 @@ def test_large_model_constructs_and_runs_on_meta(name):
     with torch.no_grad():
         feats = model.forward_features(x)
         out = model.forward_head(feats)
-    assert out.shape == (1, model.num_classes)
+    assert out.shape == (1, model.num_classes or model.head_hidden_size)  # no head: the pooled features
     _check_features(model, feats, hw)
     infos = model.feature_info
     with torch.no_grad():
@@ -627,7 +627,8 @@ def test_default_cfg(name):
     cfg = model.pretrained_cfg
     assert cfg["architecture"] == name
     assert isinstance(cfg.get("url", "") or "", str) and isinstance(cfg.get("hf_hub_id", "") or "", str)
-    assert cfg["num_classes"] == model.num_classes == 1000
+    # ImageNet-1k (1000), ImageNet-22k (21842) or a release without a head (0), as the weights were published
+    assert cfg["num_classes"] == model.num_classes >= 0
     c, h, w = cfg["input_size"]
     assert c == 3 == model.in_chans
     assert family.accepts(h, w), f"default input {h}x{w} breaks the record's size rule"
@@ -644,10 +645,11 @@ def test_default_cfg(name):
     assert cfg["first_conv"] + ".weight" in state
     first = model.get_submodule(cfg["first_conv"])
     assert isinstance(first, nn.Conv2d) and first.in_channels == 3
-    assert cfg["classifier"] + ".weight" in state
-    head = model.get_submodule(cfg["classifier"])
-    assert isinstance(head, nn.Linear) and head.out_features == cfg["num_classes"]
-    assert head is model.get_classifier()
+    if cfg["num_classes"]:
+        assert cfg["classifier"] + ".weight" in state
+        head = model.get_submodule(cfg["classifier"])
+        assert isinstance(head, nn.Linear) and head.out_features == cfg["num_classes"]
+        assert head is model.get_classifier()
     assert model.num_features > 0 and model.head_hidden_size > 0
     if cfg.get("pool_size"):
         red = model.feature_info[-1]["reduction"]
