@@ -52,6 +52,17 @@ def seeded(request, tmp_path_factory):
     family = FAMILIES[request.param]
     torch.manual_seed(7)
     model = timm.create_model(family.smallest, **dict(family.test_kwargs)).eval()
+    # zero-initialised parameters (residual gates, biases) leave the logits near zero at init, where any two
+    # initialisations agree to 1e-4: give them values so that every weight moves the outputs
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and not p.abs().sum() > 0:
+                p.copy_(
+                    1 + 0.2 * torch.randn(p.shape, generator=g)
+                    if name.endswith("weight")
+                    else 0.1 * torch.randn(p.shape, generator=g)
+                )
     path = tmp_path_factory.mktemp(family.name) / "seeded.pth"
     torch.save(model.state_dict(), path)
     return family, model, path
