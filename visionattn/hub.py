@@ -649,7 +649,13 @@ def convert(
             f"{result.unexpected_keys[:8]}; {hint}"
         )
     out = os.fspath(out)
-    save_for_hf(model.eval(), out, safe_serialization=True)
+    try:
+        save_for_hf(model.eval(), out, safe_serialization=True)
+    except ValueError as err:  # a model argument config.json cannot hold (a config object, a class)
+        raise HubError(
+            f"{built} cannot be written as a timm folder: {err} config.json holds JSON model arguments only; "
+            "convert a model built from JSON-able arguments (e.g. the registered variant's own)"
+        ) from None
     weights = os.path.join(out, "model.safetensors")
     digest = vp.file_sha256(weights)
     _write_card(out, model_name, tag, entry, digest)
