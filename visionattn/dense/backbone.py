@@ -131,6 +131,8 @@ class VisionAttnBackbone(BaseModule):
             puts a LayerNorm2d on each returned trunk map (applied to the output only, not fed forward);
             ``"none"`` returns the maps as they are. With a pyramid, the norm is on the map the pyramid reads.
         out_norm_eps: epsilon of those LayerNorm2d; None takes the family's recipe (1e-6 outside any family).
+        out_norm_levels: the trunk levels (``feature_info`` indices) that get the output norm, the others are
+            returned as they are; None takes the family's recipe (every level outside any family).
         recipe: False ignores the family's dense recipe (neutral defaults: no extra kwargs, no output norm).
         pyramid: build a simple feature pyramid (ViTDet style, :class:`~visionattn.dense.pyramid.SimplePyramid`)
             from the trunk's last map. None (default): for isotropic models (the family's ``layout`` is
@@ -156,6 +158,7 @@ class VisionAttnBackbone(BaseModule):
         out_indices: Sequence[int] | None = None,
         out_norm: str | None = None,
         out_norm_eps: float | None = None,
+        out_norm_levels: Sequence[int] | None = None,
         recipe: bool = True,
         pyramid: bool | None = None,
         pyramid_strides: Sequence[int] = (4, 8, 16, 32),
@@ -184,6 +187,15 @@ class VisionAttnBackbone(BaseModule):
             out_norm_eps = found.out_norm_eps if found is not None else 1e-6
         if not isinstance(out_norm_eps, (int, float)) or not out_norm_eps > 0:
             raise ValueError(f"out_norm_eps={out_norm_eps!r} must be a positive float (or None for the recipe's)")
+        if out_norm_levels is None:
+            found = dense_recipe(model_name) if recipe else None
+            out_norm_levels = found.out_norm_levels if found is not None else None
+        if out_norm_levels is not None:
+            try:
+                out_norm_levels = tuple(operator.index(i) for i in out_norm_levels)
+            except TypeError as e:
+                raise TypeError(f"out_norm_levels={out_norm_levels!r} must be a sequence of ints or None") from e
+        self.out_norm_levels = out_norm_levels
         self.model_name = model_name
         self.model_kwargs = model_kwargs
         self.out_norm = out_norm
@@ -206,7 +218,10 @@ class VisionAttnBackbone(BaseModule):
 
         trunk_channels = list(self.trunk.feature_info.channels())
         self.out_norms = nn.ModuleList(
-            LayerNorm2d(c, eps=self.out_norm_eps) if out_norm == "ln2d" else nn.Identity() for c in trunk_channels
+            LayerNorm2d(c, eps=self.out_norm_eps)
+            if out_norm == "ln2d" and (out_norm_levels is None or level in out_norm_levels)
+            else nn.Identity()
+            for level, c in zip(self.trunk_indices, trunk_channels, strict=True)
         )
         self.pyramid: SimplePyramid | None = None
         if pyramid:

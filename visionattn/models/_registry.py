@@ -55,12 +55,15 @@ class DenseRecipe:
         neck: the official neck that replaces FPN, as an mm config (``type`` registered by ``visionattn.dense``,
             and the arguments other than ``in_channels`` / ``out_channels`` / ``num_outs``), for backbones whose
             levels a standard FPN cannot use (e.g. three stages at strides 16 / 32 / 64); empty: FPN.
+        out_norm_levels: the trunk levels (``feature_info`` indices) that get the output norm; None: every level.
+            Some official detection backbones leave the first level un-normed (``(1, 2, 3)``).
     """
 
     out_norm: str = "none"
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     out_norm_eps: float = 1e-6
     neck: Mapping[str, Any] = field(default_factory=dict)
+    out_norm_levels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.out_norm not in _OUT_NORMS:
@@ -69,6 +72,11 @@ class DenseRecipe:
             raise ValueError(f"DenseRecipe.neck={dict(self.neck)!r} needs a 'type' naming a registered neck")
         if not self.out_norm_eps > 0:
             raise ValueError(f"DenseRecipe.out_norm_eps={self.out_norm_eps!r} must be a positive float")
+        if self.out_norm_levels is not None:
+            levels = tuple(self.out_norm_levels)
+            if not all(isinstance(i, int) and i >= 0 for i in levels):
+                raise ValueError(f"DenseRecipe.out_norm_levels={levels!r} must be feature-level indices >= 0 or None")
+            object.__setattr__(self, "out_norm_levels", levels)
 
 
 @dataclass(frozen=True)
