@@ -360,7 +360,7 @@ def test_check_probes_the_sources(server, official):
 
 def test_identify_by_hash(official, tmp_path, capsys):
     index = _index(_entry("x", "https://example.invalid/x.pth", sha256=_sha(official)))
-    assert hub.main(["identify", str(official)], index=index) == 0
+    assert hub.main(["identify", str(official), "--family", "biformer"], index=index) == 0
     out = capsys.readouterr().out
     assert "by hash: biformer_tiny.x" in out and f"sha256 {_sha(official)}" in out and ": model," in out
 
@@ -373,7 +373,7 @@ def _shapes_only(model: torch.nn.Module, path: Path, wrap: str | None = None, pr
 
 
 def test_identify_by_key_layout(tmp_path):
-    index = hub.build_index()
+    index = hub.build_index([get_family("davit"), get_family("biformer")])
     with torch.device("meta"):
         model = timm.create_model("davit_tiny", num_classes=10)
     found = hub.identify(_shapes_only(model, tmp_path / "a.pth", wrap="model"), index=index)
@@ -399,13 +399,14 @@ def test_identify_by_key_layout(tmp_path):
 
 
 def test_identify_an_official_layout(official):
-    """The official BiFormer layout is recognised through the family converter (reduced model: not an index
-    entry's size, so it is matched against an index over the reduced model's own cfg)."""
-    found = hub.identify(official, index=hub.build_index())
-    assert found["format"] == "model" and found["by_layout"] == []  # no registered size has these shapes
+    """The official BiFormer layout is recognised through the family converter (the fixture is a reduced
+    biformer_tiny: no registered size has its shapes, so the reduced model stands in for biformer_tiny)."""
+    index = hub.build_index([get_family("biformer")])
+    found = hub.identify(official, index=index)
+    assert found["format"] == "model" and found["by_layout"] == []
     hub._META_MODELS["biformer_tiny"] = timm.create_model("biformer_tiny", num_classes=10, **REDUCED)
     try:
-        found = hub.identify(official, index=hub.build_index())
+        found = hub.identify(official, index=index)
     finally:
         hub._META_MODELS.pop("biformer_tiny")
     assert [m["model"] for m in found["by_layout"]] == ["biformer_tiny"]

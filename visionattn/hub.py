@@ -562,8 +562,28 @@ def identify(path: str | os.PathLike, index: Mapping[str, Entry] | None = None) 
     dense = any(k.startswith("backbone.") for k in state_dict)
     if dense:
         state_dict = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    # Building a model (on the meta device) costs up to seconds: first the models whose recorded size is near the
+    # file's (a classifier for other classes or a dense backbone's extra norms move it a little), then the rest.
+    count = sum(v.numel() for v in state_dict.values() if v.is_floating_point())
+    models = list(dict.fromkeys(e.model for e in index.values()))
+    near = [m for m in models if m in _META_MODELS or _near(count, _registry.get_family(m).params_m.get(m))]
+    matches = _scan(near, state_dict, dense, index)
+    if not matches:
+        matches = _scan([m for m in models if m not in near], state_dict, dense, index)
+    return {"path": path, "sha256": digest, "format": fmt, "by_hash": by_hash, "by_layout": matches}
+
+
+def _near(count: int, params_m: float | None) -> bool:
+    if params_m is None:
+        return True
+    n = params_m * 1e6
+    return n - max(0.1 * n, 2e6) <= count <= 1.05 * n + 1e5
+
+
+def _scan(
+    models: Sequence[str], state_dict: dict[str, torch.Tensor], dense: bool, index: Mapping[str, Entry]
+) -> list[dict[str, Any]]:
     matches = []
-    models = sorted({e.model for e in index.values()})
     for model in models:
         fit = _layout_match(state_dict, model)
         if fit is None and dense:
@@ -574,7 +594,7 @@ def identify(path: str | os.PathLike, index: Mapping[str, Entry] | None = None) 
         if fit is not None:
             entries = [e.name for e in index.values() if e.model == model and (e.task != "cls") == dense]
             matches.append({"model": model, "entries": entries, "kwargs": fit, "dense": dense})
-    return {"path": path, "sha256": digest, "format": fmt, "by_hash": by_hash, "by_layout": matches}
+    return matches
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -839,6 +859,7 @@ def main(argv: Sequence[str] | None = None, index: Mapping[str, Entry] | None = 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("identify", help="which model / tag a checkpoint file is")
     p.add_argument("file")
+    p.add_argument("--family", default=None, help="match the key layout against this family only (faster)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("convert", help="write timm's folder layout (config.json + model.safetensors)")
     p.add_argument("name", help="model or model.tag the file holds")
@@ -895,7 +916,7 @@ def main(argv: Sequence[str] | None = None, index: Mapping[str, Entry] | None = 
             print(path, file=out)
             return 0
         if args.command == "identify":
-            found = identify(args.file, index=index)
+            found = identify(args.file, index={e.name: e for e in chosen()})
             if args.json:
                 json.dump(found, out, indent=1)
                 print(file=out)
