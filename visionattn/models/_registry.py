@@ -137,8 +137,8 @@ class Checkpoint:
             raise ValueError(f"{where}: status={self.status!r} needs the date it was seen (checked=) and evidence=")
         if self.size is not None and self.size <= 0:
             raise ValueError(f"{where}: size={self.size!r} must be a positive number of bytes")
-        if self.tag and not re.fullmatch(r"[a-z0-9_]+", self.tag):
-            raise ValueError(f"{where}: tag {self.tag!r} must be lower-case letters, digits and underscores")
+        if self.tag and not re.fullmatch(r"[a-z0-9_][a-z0-9_.-]*", self.tag):
+            raise ValueError(f"{where}: tag {self.tag!r} must be lower-case letters, digits, '_', '.' or '-'")
 
 
 @dataclass(frozen=True)
