@@ -81,7 +81,8 @@ def test_architecture_details():
     # ConvGLU: hidden int(2 * 72 * 8 / 3) = 384 per branch; head dim 24 everywhere
     assert block.mlp.fc1.out_features == 2 * 384 and block.mlp.dwconv.groups == 384
     assert block.attn.head_dim == 24 and block.norm1.eps == 1e-6 and block.attn.norm.eps == 1e-5
-    assert model.stages[0].downsample.proj.kernel_size == (7, 7) and model.stages[0].downsample.norm.eps == 1e-5
+    assert model.stem.proj.kernel_size == (7, 7) and model.stem.norm.eps == 1e-5 and model.stages[0].downsample is None
+    assert model.stages[1].downsample.proj.kernel_size == (3, 3) and model.stages[1].downsample.proj.stride == (2, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,6 +112,8 @@ def test_converter_maps_every_official_key():
     assert set(converted) == set(model.state_dict())
     assert converted["stages.0.blocks.0.mlp.dwconv.weight"] is sd["model"]["block1.0.mlp.dwconv.dwconv.weight"]
     assert converted["stages.3.norm.weight"] is sd["model"]["norm4.weight"]
+    assert converted["stem.proj.weight"] is sd["model"]["patch_embed1.proj.weight"]
+    assert converted["stages.1.downsample.norm.bias"] is sd["model"]["patch_embed2.norm.bias"]
     assert converted["head.fc.bias"] is sd["model"]["head.bias"]
     # a bare state_dict, one with official buffers, and our own layout all load
     bare = dict(sd["model"], relative_pos_index1=torch.zeros(3), **{"block1.0.attn.padding_mask": torch.zeros(1)})

@@ -211,7 +211,9 @@ class AggregatedAttention(nn.Module):
         return F.pad(table, (pad, pad, pad, pad))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
+        # map sides as plain ints (a tracer hands out tensors): the geometry is per size, an export holds at its own
+        # size; the batch stays symbolic
+        b, (h, w, c) = x.shape[0], (int(n) for n in x.shape[1:])
         heads, d, k = self.num_heads, self.head_dim, self.window_size
         ph, pw = self.pool_size(h, w)
         dev = x.device
@@ -303,7 +305,7 @@ class CosineAttention(nn.Module):
             trunc_normal_(self.query_embedding, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
+        b, (h, w, c) = x.shape[0], (int(n) for n in x.shape[1:])
         n = h * w
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         _, q = _scaled_query(self, qkv[0], torch.tensor(math.log(n), dtype=x.dtype, device=x.device))

@@ -110,28 +110,40 @@ class TransNeXtBlock(nn.Module):
 
 
 class OverlapPatchEmbed(nn.Module):
-    """Overlapping strided conv + LayerNorm; (B, C_in, H, W) -> (B, ceil(H/s), ceil(W/s), C), channels last.
+    """Overlapping strided conv + LayerNorm; (B, C_in, H, W) -> (B, ceil(H/s), ceil(W/s), C), channels last
+    (``channels_last=False``: (B, C, ceil(H/s), ceil(W/s)), the stem's output).
 
     The stem (``check_size``) checks the input against the family's size rule with a clear error.
     """
 
     def __init__(
-        self, in_chs: int, out_chs: int, kernel: int, stride: int, check_size: bool = False, device=None, dtype=None
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel: int,
+        stride: int,
+        check_size: bool = False,
+        channels_last: bool = True,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.check_size = check_size
+        self.channels_last = channels_last
         self.proj = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=kernel // 2, **dd)
         self.norm = nn.LayerNorm(out_chs, **dd)  # torch's default eps: the official patch-embedding norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.check_size:
             x = check_input_size(x, MIN_INPUT_SIZE)
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        x = self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return x if self.channels_last else x.permute(0, 3, 1, 2)
 
 
 class TransNeXtStage(nn.Module):
-    """Patch embedding, blocks, the stage's own LayerNorm; (B, C_in, H, W) -> (B, C, H', W')."""
+    """Patch embedding (none in the first stage, after the stem), blocks, the stage's own LayerNorm;
+    (B, C_in, H, W) -> (B, C, H', W')."""
 
     def __init__(
         self,
@@ -147,8 +159,7 @@ class TransNeXtStage(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.grad_checkpointing = False
-        kernel, stride = (7, 4) if first else (3, 2)
-        self.downsample = OverlapPatchEmbed(in_chs, out_chs, kernel, stride, check_size=first, **dd)
+        self.downsample = None if first else OverlapPatchEmbed(in_chs, out_chs, 3, 2, **dd)
         self.blocks = nn.Sequential(
             *[
                 TransNeXtBlock(out_chs, drop_path=drop_path[i] if drop_path else 0.0, **dd, **block_kwargs)
@@ -162,7 +173,7 @@ class TransNeXtStage(nn.Module):
         self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
+        x = x.permute(0, 2, 3, 1) if self.downsample is None else self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -227,12 +238,13 @@ class TransNeXt(nn.Module):
         self.grad_checkpointing = False
 
         dd = dict(device=device, dtype=dtype)
+        self.stem = OverlapPatchEmbed(in_chans, embed_dims[0], 7, 4, check_size=True, channels_last=False, **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages, self.feature_info = [], []
         for i in range(4):
             stages.append(
                 TransNeXtStage(
-                    embed_dims[i - 1] if i else in_chans,
+                    embed_dims[i - 1] if i else embed_dims[0],
                     embed_dims[i],
                     depths[i],
                     first=i == 0,
@@ -275,7 +287,7 @@ class TransNeXt(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
-            stem=r"^stages\.0\.downsample",
+            stem=r"^stem",
             blocks=r"^stages\.(\d+)"
             if coarse
             else [
@@ -317,6 +329,7 @@ class TransNeXt(nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; TransNeXt returns 'NCHW' intermediates")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
+        x = self.stem(x)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         for feat_idx, stage in enumerate(stages):
             if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -344,6 +357,7 @@ class TransNeXt(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C, H/32, W/32) after the last stage's LayerNorm."""
+        x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
         return self.stages(x)
@@ -363,15 +377,15 @@ _OFFICIAL_BUFFERS = re.compile(r"(relative_pos_index|relative_coords_table|seq_l
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official TransNeXt state_dict (bare, or wrapped in ``{'model': ...}``) -> this layout.
 
-    ``patch_embed{i}`` / ``block{i}.{j}`` / ``norm{i}`` become ``stages.{i-1}.downsample`` / ``.blocks.{j}`` /
-    ``.norm``, the ConvGLU's ``dwconv.dwconv`` its ``dwconv``, ``head`` ``head.fc``. A state_dict already in this
-    layout passes through unchanged.
+    ``patch_embed1`` becomes ``stem``; ``patch_embed{i}`` / ``block{i}.{j}`` / ``norm{i}`` become
+    ``stages.{i-1}.downsample`` / ``.blocks.{j}`` / ``.norm``, the ConvGLU's ``dwconv.dwconv`` its ``dwconv``,
+    ``head`` ``head.fc``. A state_dict already in this layout passes through unchanged.
     """
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
     state_dict = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-    if any(k.startswith("stages.") for k in state_dict):
+    if any(k.startswith(("stem.", "stages.")) for k in state_dict):
         return state_dict
     out = {}
     for key, value in state_dict.items():
@@ -381,7 +395,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         if m:
             kind, stage, rest = m.group(1), int(m.group(2)) - 1, m.group(3)
             if kind == "patch_embed":
-                key = f"stages.{stage}.downsample.{rest}"
+                key = f"stem.{rest}" if stage == 0 else f"stages.{stage}.downsample.{rest}"
             elif kind == "norm":
                 key = f"stages.{stage}.norm.{rest}"
             else:
@@ -403,7 +417,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stages.0.downsample.proj",
+        "first_conv": "stem.proj",
         "classifier": "head.fc",
         "license": "apache-2.0",
         "paper_ids": "arXiv:2311.17132",
