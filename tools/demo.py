@@ -97,10 +97,48 @@ def swap_backbone(cfg, task: str, model_name: str, model_kwargs: dict) -> None:
     import torch
 
     from visionattn.dense import VisionAttnBackbone
+    from visionattn.dense.backbone import dense_recipe
 
     spec = dict(model_name=model_name, model_kwargs=model_kwargs, pyramid_channels=PYRAMID_CHANNELS[task])
     with torch.device("meta"):  # widths and strides without building weights
         levels = VisionAttnBackbone(**spec)
+    side = _input_side(model_name, int(cfg.img_size))
+    recipe = dense_recipe(model_name)
+    if recipe is not None and recipe.neck:
+        _swap_in_recipe_neck(cfg, task, spec, levels, dict(recipe.neck), side)
+    else:
+        _swap_fpn_levels(cfg, task, spec, levels, model_name)
+    if side != int(cfg.img_size):
+        _resize_pipelines(cfg, task, side)
+
+
+def _swap_in_recipe_neck(cfg, task: str, spec: dict, levels, neck: dict, side: int) -> None:
+    """The family's own neck (``DenseRecipe.neck``) in place of FPN, on every backbone level, five outputs; the
+    heads read the strides measured by running the neck on zero maps of the backbone's shapes."""
+    import torch
+    from mmengine.registry import MODELS
+
+    neck.update(in_channels=list(levels.channels), out_channels=cfg.model.neck.out_channels, num_outs=5)
+    neck["start_level"] = 0
+    with torch.no_grad():
+        outs = MODELS.build(neck)(
+            [torch.zeros(1, c, -(-side // s), -(-side // s)) for c, s in zip(levels.channels, levels.strides)]
+        )
+    strides = [side // o.shape[-2] for o in outs]
+    cfg.model.backbone = dict(type="VisionAttnBackbone", **spec)
+    cfg.model.neck = neck
+    if task == "seg":  # Semantic FPN on up to four levels of stride >= 4
+        keep = [i for i, s in enumerate(strides) if s >= 4][:4]
+        head = cfg.model.decode_head
+        head.in_index = keep
+        head.in_channels = [neck["out_channels"]] * len(keep)
+        head.feature_strides = [strides[i] for i in keep]
+    else:
+        cfg.model.bbox_head.anchor_generator.strides = strides
+
+
+def _swap_fpn_levels(cfg, task: str, spec: dict, levels, model_name: str) -> None:
+    """The config's FPN on the backbone levels its heads can use; their widths and strides."""
     # Semantic FPN on up to four levels of stride >= 4; RetinaNet on up to three of stride >= 8 (12-36 px shapes)
     finest, count = (4, 4) if task == "seg" else (8, 3)
     indices = [i for i, s in enumerate(levels.strides) if s >= finest][:count]
@@ -119,9 +157,6 @@ def swap_backbone(cfg, task: str, model_name: str, model_kwargs: dict) -> None:
     else:
         cfg.model.neck.start_level = 0
         cfg.model.bbox_head.anchor_generator.strides = strides
-    side = _input_side(model_name, int(cfg.img_size))
-    if side != int(cfg.img_size):
-        _resize_pipelines(cfg, task, side)
 
 
 def shorten(cfg, iters: int) -> None:
