@@ -78,7 +78,13 @@ def test_model_swap_wires_levels_and_widths(tmp_path, family, task):
     with torch.device("meta"):
         built = VisionAttnBackbone(**{k: v for k, v in b.items() if k != "type"})
     assert list(cfg.model.neck.in_channels) == built.channels
-    if task == "seg":
+    if family.dense.neck:  # the family's own neck on every level: finer levels come from the neck
+        assert cfg.model.neck.type == family.dense.neck["type"] and built.strides[0] > 8
+        if task == "seg":
+            assert cfg.model.decode_head.feature_strides == [4, 8, 16, 32]
+        else:
+            assert cfg.model.bbox_head.anchor_generator.strides[:3] == [4, 8, 16]
+    elif task == "seg":
         assert cfg.model.decode_head.feature_strides == built.strides == [4, 8, 16, 32]
     else:
         assert cfg.model.bbox_head.anchor_generator.strides == built.strides == [8, 16, 32]
