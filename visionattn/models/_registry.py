@@ -106,6 +106,8 @@ class Checkpoint:
         top1: ImageNet-1k top-1 (%) the paper / official README reports for these weights.
         result: the official result of a dense checkpoint, as text (``"box AP 45.0 / mask AP 41.1"``).
         notes: what else a user must know (layout, what the converter does not cover).
+        converter: dotted name of the function that converts this file when the family converter does not (a
+            dense checkpoint's converter, ``"visionattn.models.davit.convert_dense_checkpoint"``).
     """
 
     model: str
@@ -122,6 +124,7 @@ class Checkpoint:
     top1: float | None = None
     result: str = ""
     notes: str = ""
+    converter: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "urls", tuple(self.urls))
@@ -137,6 +140,8 @@ class Checkpoint:
             raise ValueError(f"{where}: status={self.status!r} needs the date it was seen (checked=) and evidence=")
         if self.size is not None and self.size <= 0:
             raise ValueError(f"{where}: size={self.size!r} must be a positive number of bytes")
+        if self.converter and not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+", self.converter):
+            raise ValueError(f"{where}: converter={self.converter!r} is not a dotted name (module.function)")
         if self.tag and not re.fullmatch(r"[a-z0-9_][a-z0-9_.-]*", self.tag):
             raise ValueError(f"{where}: tag {self.tag!r} must be lower-case letters, digits, '_', '.' or '-'")
 
