@@ -187,6 +187,7 @@ _CHECKPOINTS = (
             result=result,
             evidence=_UNCHECKED,
             notes="full mmdet 2.x / mmseg 0.x model: backbone.* in the official layout plus norm0..3 (LN per output)",
+            converter=f"{__name__}.convert_dense_checkpoint",
         )
         for (model, tag), (task, result, link) in _DENSE.items()
     ),
