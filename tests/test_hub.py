@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import importlib
 import json
 import os
 import runpy
@@ -82,6 +83,16 @@ def test_index_reads_the_records_and_the_cfgs():
     assert index["davit_large"].status == "none"
 
 
+def test_every_named_converter_exists():
+    """A converter the index names (the family's, or a dense checkpoint's from its record) resolves to a function."""
+    for entry in hub.build_index().values():
+        if entry.converter.startswith("none"):
+            continue
+        module, _, name = entry.converter.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), entry.name
+    assert hub.build_index()["davit_tiny.coco_maskrcnn_1x"].converter.endswith("davit.convert_dense_checkpoint")
+
+
 def test_a_new_family_record_is_indexed_without_any_other_edit():
     """A family declared only by its record (a timm model, one extra dense checkpoint) shows up everywhere."""
     family = Family(
@@ -109,11 +120,19 @@ def test_a_new_family_record_is_indexed_without_any_other_edit():
         (dict(checked="March 2026", status="unknown"), "not a date"),
         (dict(sha256="abc"), "full lower-case hex"),
         (dict(task="depth"), "task='depth'"),
+        (dict(tag="In1k"), "must be lower-case letters"),
     ],
 )
 def test_checkpoint_record_refuses_bad_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        Checkpoint("biformer_tiny", "in1k", **kwargs)
+        Checkpoint("biformer_tiny", **{"tag": "in1k", **kwargs})
+    assert Checkpoint("biformer_tiny", "in1k_alpha_0.2").tag == "in1k_alpha_0.2"  # timm tags may hold dots
+
+
+def test_a_record_without_any_source_is_refused_by_the_index():
+    family = dataclasses.replace(get_family("biformer"), checkpoints=(Checkpoint("biformer_tiny", "mirror"),))
+    with pytest.raises(ValueError, match="biformer_tiny.mirror has status 'unknown' but no source"):
+        hub.build_index([family])
 
 
 def test_family_refuses_checkpoints_of_other_models():

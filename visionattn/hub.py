@@ -205,7 +205,13 @@ def build_index(families: Iterable[_registry.Family] | None = None) -> dict[str,
                         if record and record.license
                         else (cfg.get("license") or "" if status != "none" else "")
                     ),
-                    converter=converter,
+                    converter=(
+                        record.converter
+                        if record and record.converter
+                        else converter
+                        if (record.task if record else "cls") == "cls"
+                        else "none: a whole mmdet / mmseg model (its backbone.* keys in the classification layout)"
+                    ),
                     status=status,
                     evidence=evidence,
                     checked=checked,
@@ -636,10 +642,15 @@ def convert(
         if tag:
             raise
     if entry is not None and entry.task != "cls":
+        how = (
+            f"convert it with {entry.converter} and use the result as `load_from` of the family's config in "
+            "configs/det or configs/seg"
+            if not entry.converter.startswith("none")
+            else "its backbone.* keys are in the classification layout"
+        )
         raise HubError(
-            f"{entry.name} is a {entry.task} checkpoint (the whole mmdet / mmseg model), not a classification "
-            "model; timm's folder layout holds a classifier. Use it as mmdet / mmseg `load_from` with the family's "
-            "config in configs/det or configs/seg"
+            f"{entry.name} is a {entry.task} checkpoint (a whole mmdet / mmseg model), not a classification model; "
+            f"timm's folder layout holds a classifier: {how}"
         )
     tag = entry.tag if entry is not None and entry.in_timm else ""
     kwargs = dict(model_kwargs or {})
