@@ -219,3 +219,35 @@ def test_bad_arguments():
         model.forward_intermediates(torch.randn(1, 3, 64, 64), output_fmt="NHWC")
     with pytest.raises(ValueError, match=r"input 31x64 .*resize or pad"):
         model(torch.randn(1, 3, 31, 64))
+
+
+_BUILD = """
+import sys, torch, timm
+if sys.argv[1] == "with":
+    import visionattn  # noqa: F401
+torch.manual_seed(0)
+model = timm.create_model("convit_tiny", embed_dim=8).eval()
+torch.manual_seed(1)
+x = torch.randn(2, 3, 224, 224)
+with torch.no_grad():
+    torch.save(dict(state=model.state_dict(), out=model(x), feats=model.forward_features(x)), sys.argv[2])
+"""
+
+
+@pytest.mark.slow  # two fresh interpreters
+def test_import_visionattn_does_not_change_what_timm_builds_at_224(tmp_path):
+    """In fresh interpreters, with and without ``import visionattn``: the same seeded initialisation (same keys, same
+    values) and the same outputs at 224, bit for bit."""
+    import subprocess
+    import sys
+
+    runs = {}
+    for mode in ("without", "with"):
+        path = tmp_path / f"{mode}.pt"
+        proc = subprocess.run([sys.executable, "-c", _BUILD, mode, str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[mode] = torch.load(path, weights_only=True)
+    a, b = runs["without"], runs["with"]
+    assert list(a["state"]) == list(b["state"])
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert torch.equal(a["out"], b["out"]) and torch.equal(a["feats"], b["feats"])
