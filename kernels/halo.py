@@ -122,7 +122,9 @@ def _check(
             )
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}; move it to q's device")
-    return _Geometry(block_size, halo_size, stride, block_size // stride, win, -(-h // block_size), -(-w // block_size))
+    # ceil division on non-negative operands: a traced (ONNX) floor division of a negative size truncates instead
+    nbh, nbw = (h + block_size - 1) // block_size, (w + block_size - 1) // block_size
+    return _Geometry(block_size, halo_size, stride, block_size // stride, win, nbh, nbw)
 
 
 def _rel_index(n: int, qblock: int, win: int, device: torch.device) -> torch.Tensor:

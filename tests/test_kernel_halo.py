@@ -187,7 +187,8 @@ def test_matches_timm_halo_attn(bs, halo, stride, spe):
 
 
 def test_halonet26t_same_logits_after_use_halo_op():
-    model = timm.create_model("halonet26t", pretrained=False).eval()
+    # timm zero-initialises each block's last BatchNorm, which would hide the attention from the logits
+    model = timm.create_model("halonet26t", pretrained=False, zero_init_last=False).eval()
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         feats, logits = model.forward_features(x), model(x)
@@ -217,22 +218,26 @@ def test_sizes_timm_rejects_run_in_both_modes():
             torch.testing.assert_close(out, exp.permute(0, 1, 4, 2, 3).reshape(1, 8, 5, 4), rtol=0, atol=1e-5)
 
 
-def test_reference_exports_to_onnx_without_unfold():
+@pytest.mark.parametrize("hw", [(8, 12), (7, 10)])  # a block multiple, and a map timm would refuse
+def test_reference_exports_to_onnx_without_unfold(hw):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     layer = HaloAttnOnKernel(
         HaloAttn(8, 16, num_heads=2, block_size=4, halo_size=1), backend="reference", pad_mode="mask"
     ).eval()
-    x = torch.randn(1, 8, 8, 12)
+    x = torch.randn(1, 8, *hw)
     buf = io.BytesIO()
-    torch.onnx.export(layer, (x,), buf, dynamo=False, opset_version=17)
+    torch.onnx.export(
+        layer, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+    )
     ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     assert "Unfold" not in ops and "Col2Im" not in ops
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        torch.testing.assert_close(
-            torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]), layer(x), rtol=0, atol=1e-5
-        )
+    for batch in (x, torch.randn(3, 8, *hw)):  # the batch stays dynamic
+        with torch.no_grad():
+            expected = layer(batch)
+        got = torch.from_numpy(sess.run(None, {"x": batch.numpy()})[0])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- Triton (interpreter on CPU) vs reference
@@ -341,7 +346,7 @@ def test_triton_layer_matches_timm_forward_and_backward():
 @needs_triton
 @pytest.mark.slow
 def test_triton_halonet26t_logits():
-    model = timm.create_model("halonet26t", pretrained=False).eval().to(DEVICE)
+    model = timm.create_model("halonet26t", pretrained=False, zero_init_last=False).eval().to(DEVICE)
     x = torch.randn(1, 3, 256, 256).to(DEVICE)
     with torch.no_grad():
         feats = model.forward_features(x)
