@@ -8,11 +8,13 @@ No test needs the internet: downloads come from a server on 127.0.0.1 serving th
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import http.server
 import importlib
 import json
 import os
+import re
 import runpy
 import socket
 import subprocess
@@ -365,12 +367,15 @@ def test_fetch_refuses_models_without_weights():
         hub.fetch("davit_large", index=hub.build_index())
 
 
-def test_check_probes_the_sources(server, official):
+def test_check_probes_the_sources(server, official, capsys):
     _Server.files["/good.pth"] = official.read_bytes()
     index = _index(_entry("good", f"{server}/good.pth"), _entry("gone", f"{server}/missing.pth"))
     rows = hub.check([index["biformer_tiny.good"], index["biformer_tiny.gone"]], timeout=10)
     assert [(r["name"], r["status"]) for r in rows] == [("biformer_tiny.good", "ok"), ("biformer_tiny.gone", "dead")]
     assert rows[1]["evidence"] == "HTTP 404 Not Found"
+    assert hub.main(["check", "biformer_tiny.gone"], index=index) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:3] == ["biformer_tiny.gone", "dead", datetime.date.today().isoformat()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -536,6 +541,22 @@ def test_readme_section_is_current():
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr + "\nrun `python -m visionattn.hub readme` to regenerate it"
+
+
+def test_model_card_links_point_at_index_rows():
+    """A card's links into the README table name real rows; a card that links any of its family's rows links all
+    of its classification rows."""
+    index = hub.build_index()
+    anchors = {e.anchor for e in index.values()}
+    for family in families():
+        card = ROOT / family.card
+        if not family.card.startswith("model_cards/") or not card.is_file():
+            continue
+        linked = set(re.findall(r"README\.md#(weights-[\w.-]+)", card.read_text()))
+        assert linked <= anchors, f"{family.card} links rows the index does not have: {sorted(linked - anchors)}"
+        own = {e.anchor for e in index.values() if e.family == family.name and e.task == "cls"}
+        if linked & own:
+            assert own <= linked, f"{family.card} does not link {sorted(own - linked)}"
 
 
 def test_readme_rewrites_only_between_the_markers(tmp_path):
