@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 from timm.layers.halo_attn import HaloAttn
 
 from ..kernels.halo import halo_attn
@@ -22,6 +23,8 @@ from ..kernels.halo import halo_attn
 __all__ = ["HaloAttnOnKernel", "use_halo_op"]
 
 
+# FX keeps the layer whole: the op's checks and dispatch read the map size in Python
+@register_notrace_module
 class HaloAttnOnKernel(nn.Module):
     """A timm ``HaloAttn`` whose attention runs on ``halo_attn``; parameters are shared, not copied.
 
