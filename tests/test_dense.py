@@ -126,11 +126,12 @@ def test_every_registered_model_plugs_in(name):
         assert b.channels == [f["num_chs"] for f in info]
         assert b.strides == [f["reduction"] for f in info]
         trunk_channels = b.channels
-    norm_type = LayerNorm2d if recipe.out_norm == "ln2d" else nn.Identity
-    assert [type(n) for n in b.out_norms] == [norm_type] * len(trunk_channels)
-    if recipe.out_norm == "ln2d":
-        assert [n.normalized_shape[0] for n in b.out_norms] == trunk_channels
-        assert [n.eps for n in b.out_norms] == [recipe.out_norm_eps] * len(trunk_channels)
+    levels = recipe.out_norm_levels  # None: every level
+    normed = [recipe.out_norm == "ln2d" and (levels is None or lvl in levels) for lvl in b.trunk_indices]
+    assert [type(n) for n in b.out_norms] == [LayerNorm2d if on else nn.Identity for on in normed]
+    ln = [(n, c) for n, c, on in zip(b.out_norms, trunk_channels, normed) if on]
+    assert [n.normalized_shape[0] for n, _ in ln] == [c for _, c in ln]
+    assert [n.eps for n, _ in ln] == [recipe.out_norm_eps] * len(ln)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
