@@ -573,7 +573,11 @@ register_family(
         num_stages=4,
         # one block per stage keeps every block type (attention-free, windowed HiLo, plain attention) and DTMs
         test_kwargs=dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)),
-        dense=DenseRecipe(out_norm="ln2d"),
+        # the official mmdet-3 backbone: nn.LayerNorm (eps 1e-5) on outputs 1-3 only (its mmseg twin norms all
+        # four: the segmentation configs pass out_norm_levels=(0, 1, 2, 3)); HiLo pads without masking
+        dense=DenseRecipe(
+            out_norm="ln2d", out_norm_eps=1e-5, out_norm_levels=(1, 2, 3), model_kwargs=dict(mask_padding=False)
+        ),
         # HiLo's window padding and the DTM sampling grid are computed in Python from the input size
         onnx_dynamic_size=False,
     )
