@@ -21,7 +21,7 @@ import re
 import torch
 import torch.nn as nn
 
-from ._registry import DenseRecipe, Family, register_family
+from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["checkpoint_filter_fn", "convert_dense_checkpoint", "official_to_timm_key"]
 
@@ -123,6 +123,42 @@ def convert_dense_checkpoint(state_dict: dict) -> dict:
     return out
 
 
+_RELEASE = "https://github.com/ysj9909/SHViT/releases/download/v1.0/{}"
+_UNCHECKED = "not downloaded for this record (no network where it was written); links from the official README"
+_CHECKPOINTS = (
+    *(
+        Checkpoint(
+            f"shvit_{v}",
+            "in1k",
+            urls=(_RELEASE.format(f"shvit_{v}.pth"),),
+            license="mit",
+            top1=top1,
+            evidence=_UNCHECKED,
+            notes="the hub copy is in timm's layout; the official file is {'model': ...} in the official layout "
+            "(blocks1/2/3), which the family converter maps and timm's filter does not",
+        )
+        for v, top1 in (("s1", 72.8), ("s2", 75.2), ("s3", 77.4), ("s4", 79.4))
+    ),
+    *(
+        Checkpoint(
+            "shvit_s4",
+            tag,
+            task="det",
+            urls=(_RELEASE.format(file),),
+            format="mmcv",
+            license="mit",
+            result=result,
+            evidence=_UNCHECKED,
+            notes="full mmdet 2.25 model: backbone.* in the official layout, neck.* of EfficientViTFPN (loads as is)",
+            converter=f"{__name__}.convert_dense_checkpoint",
+        )
+        for tag, file, result in (
+            ("coco_retinanet_1x", "retinanet_shvit_s4_1x_coco.pth", "box AP 38.8"),
+            ("coco_maskrcnn_1x", "maskrcnn_shvit_s4_1x_coco.pth", "box AP 39.0 / mask AP 35.9"),
+        )
+    ),
+)
+
 register_family(
     Family(
         name="shvit",
@@ -142,5 +178,6 @@ register_family(
         dense=DenseRecipe(neck=dict(type="EfficientViTFPN", num_extra_trans_convs=2)),
         drop_path=False,  # the official Residual has a drop rate that its model builders never set
         onnx_dynamic_size=True,
+        checkpoints=_CHECKPOINTS,
     )
 )
