@@ -275,6 +275,23 @@ def test_fetch_shows_progress_and_tries_the_sources_in_order(server, official, t
     assert "biformer_tiny.mirrors: 100%" in captured.err  # the progress bar (tqdm) reached the full size
 
 
+def test_fetch_from_a_hugging_face_hub_source(official, tmp_path, monkeypatch):
+    """An hf-hub source comes through huggingface_hub (its cache here, offline), verified and read safely."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "weights.pth").write_bytes(official.read_bytes())
+    _fake_hub_cache(tmp_path / "hub", "visionattn/biformer-official", folder)
+    source = "hf-hub:visionattn/biformer-official/weights.pth"
+    index = _index(_entry("hub", source, sha256=_sha(official)), _entry("hubbad", source, sha256="1" * 64))
+    path = hub.fetch("biformer_tiny.hub", cache_dir=tmp_path / "hub", index=index, progress=False)
+    assert _sha(path) == _sha(official) and "models--visionattn--biformer-official" in path
+    with pytest.raises(vp.ChecksumMismatchError, match="expected " + "1" * 64):
+        hub.fetch("biformer_tiny.hubbad", cache_dir=tmp_path / "hub", index=index, progress=False)
+
+
 def test_fetch_resumes_a_broken_download(server, official, tmp_path):
     body = official.read_bytes()
     _Server.files["/big.pth"] = body
