@@ -9,10 +9,13 @@ Two ways to compute the same attention:
 
 * the reference (default): timm's arithmetic, ``attn = (1-s) softmax(q k^T / sqrt(d)) + s softmax(pos_proj(rel))``
   renormalised, then ``attn @ v``; bit-identical to timm's GPSA on a square grid.
-* ``fused=True``: ``(1-s) SDPA(q, k, v) + s (P v)`` with the positional attention ``P = softmax(pos_proj(rel))``
-  input-independent, cached per grid size while ``pos_proj`` is not being trained (the renormalisation of the
-  reference is a no-op: both rows sum to one). Equal to the reference within float rounding; the (B, heads, N, N)
-  content attention never leaves SDPA.
+* ``fused=True``: ``(1-s) SDPA(q, k, v) + s (P v)``. The positional attention ``P = softmax(pos_proj(rel))`` is
+  input-independent, and since its logits ``w_x dx + w_y dy + w_d (dx^2 + dy^2) + b`` split into an x part and a
+  y part, ``P = P_y (x) P_x`` (a Kronecker product of an (H, H) and a (W, W) softmax per head): ``P v`` is two small
+  matrix products, O(N (H + W) d) instead of O(N^2 d), and no (N, N) positional matrix is ever made. The factors are
+  cached per grid size while ``pos_proj`` is not being trained. The renormalisation of the reference is a no-op
+  (both rows sum to one). Equal to the reference within float rounding; the (B, heads, N, N) content attention
+  never leaves SDPA.
 """
 
 # No `from __future__ import annotations`: TorchScript compiles this module's classes from their annotations.
@@ -72,15 +75,25 @@ def grid_pos_embed(pos_embed: torch.Tensor, base_height: int, base_width: int, x
 
 
 def gpsa_fused(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_attn: torch.Tensor, gate: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos_y: torch.Tensor,
+    pos_x: torch.Tensor,
+    gate: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
-    """(1 - g) * SDPA(q, k, v) + g * (P @ v).
+    """(1 - g) * SDPA(q, k, v) + g * ((P_y (x) P_x) @ v) on a row-major H x W token grid.
 
-    q, k, v: (B, heads, N, d); pos_attn P: (heads, N, N) rows summing to one; gate g: (heads,) in [0, 1].
-    Returns (B, heads, N, d)."""
+    q, k, v: (B, heads, H * W, d); pos_y: (heads, H, H) and pos_x: (heads, W, W), rows summing to one (the positional
+    attention is their Kronecker product); gate g: (heads,) in [0, 1]. Returns (B, heads, H * W, d)."""
+    B, h, N, d = v.shape
+    H, W = pos_y.shape[-1], pos_x.shape[-1]
     g = gate.view(1, -1, 1, 1)
     content = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return (1.0 - g) * content + g * torch.matmul(pos_attn, v)
+    along_x = torch.matmul(pos_x.unsqueeze(0).unsqueeze(2), v.reshape(B, h, H, W, d))  # (B, h, H, W, d)
+    along_y = torch.matmul(pos_y.unsqueeze(0), along_x.reshape(B, h, H, W * d))  # (B, h, H, W * d)
+    return (1.0 - g) * content + g * along_y.reshape(B, h, N, d)
 
 
 @register_notrace_module  # shape-dependent Python (the grid, the caches): a leaf for FX
@@ -91,6 +104,7 @@ class GridGPSA(GPSA):
     initialisation are timm's)."""
 
     grid: tuple[int, int]
+    rel_grid: tuple[int, int]
     fused: bool
 
     @classmethod
@@ -99,47 +113,65 @@ class GridGPSA(GPSA):
             raise TypeError(f"GridGPSA.adopt needs a timm GPSA module, got {type(module).__name__}")
         module.__class__ = cls
         module.grid = (0, 0)
+        module.rel_grid = (0, 0)
         module.fused = bool(fused)
         module._pos_cache = {}
         return module
 
-    def _set_grid(self, height: int, width: int) -> None:
-        rel = self.rel_indices
-        weight = self.qk.weight
+    def _set_grid(self, height: int, width: int, with_indices: bool = True) -> None:
+        """Record the grid; build (or take from the cache) its relative indices if the reference path needs them."""
+        self.grid = (height, width)
+        if not with_indices:
+            return
+        rel, weight = self.rel_indices, self.qk.weight
         if (
-            self.grid[0] != height
-            or self.grid[1] != width
+            self.rel_grid[0] != height
+            or self.rel_grid[1] != width
             or rel.device != weight.device
             or rel.dtype != weight.dtype
-            or rel.shape[1] != height * width
         ):
             if torch.jit.is_scripting():
                 self.rel_indices = grid_rel_indices(height, width, weight.device, weight.dtype)
             else:
                 self.rel_indices = _cached_rel_indices(height, width, weight.device, weight.dtype)
-            self.grid = (height, width)
+            self.rel_grid = (height, width)
 
     def init_non_persistent_buffers(self) -> None:
-        """Rebuild the relative indices of the last grid (after ``to_empty``); an unused module has none yet."""
-        height, width = self.grid
+        """Rebuild the relative indices of their grid (after ``to_empty``); an unused module has none yet."""
+        height, width = self.rel_grid
         if height * width > 0:
             self.rel_indices = grid_rel_indices(height, width, self.qk.weight.device, self.qk.weight.dtype)
 
     @torch.jit.unused
-    def positional_attention(self) -> torch.Tensor:
-        """(heads, N, N) ``softmax(pos_proj(rel))`` of the current grid; cached while ``pos_proj`` gets no gradient
-        (keyed on the grid and on the weights' versions, so an in-place update is seen)."""
+    def positional_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heads, H, H) and (heads, W, W) softmaxes whose Kronecker product is ``softmax(pos_proj(rel))`` on the
+        current grid; cached while ``pos_proj`` gets no gradient (keyed on the grid and on the weights' versions, so
+        an in-place update is seen)."""
         w, b = self.pos_proj.weight, self.pos_proj.bias
         trained = torch.is_grad_enabled() and (w.requires_grad or b.requires_grad)
         key = (self.grid, w.device, w.dtype, w._version, b._version, w.data_ptr(), b.data_ptr())
         if not trained and self._pos_cache.get("key") == key:
             return self._pos_cache["value"]
-        pos = self.pos_proj(self.rel_indices[0]).permute(2, 0, 1).softmax(dim=-1)
-        if trained:
-            self._pos_cache = {}
-        else:
-            self._pos_cache = {"key": key, "value": pos}
-        return pos
+        height, width = self.grid
+        factors = []
+        # pos_proj's input channels are [dx, dy, dx^2 + dy^2]; its bias cancels in the softmax but stays in the graph
+        # (a zero gradient rather than none, as in timm's arithmetic, so that no parameter looks unused)
+        for side, col, bias in ((height, 1, b), (width, 0, torch.zeros_like(b))):
+            pos = torch.arange(side, device=w.device, dtype=w.dtype)
+            delta = pos.view(1, -1) - pos.view(-1, 1)  # (side, side): key minus query
+            logits = w[:, col].view(-1, 1, 1) * delta + w[:, 2].view(-1, 1, 1) * (delta * delta) + bias.view(-1, 1, 1)
+            factors.append(logits.softmax(dim=-1))
+        value = (factors[0], factors[1])
+        self._pos_cache = {} if trained else {"key": key, "value": value}
+        return value
+
+    @torch.jit.unused
+    def positional_attention(self) -> torch.Tensor:
+        """(heads, N, N) positional attention of the current grid, made from its factors (for inspection)."""
+        pos_y, pos_x = self.positional_factors()
+        h, height, width = pos_y.shape[0], pos_y.shape[-1], pos_x.shape[-1]
+        dense = pos_y.view(h, height, 1, height, 1) * pos_x.view(h, 1, width, 1, width)
+        return dense.reshape(h, height * width, height * width)
 
     @torch.jit.unused
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,16 +179,18 @@ class GridGPSA(GPSA):
         h = self.num_heads
         q, k = self.qk(x).reshape(B, N, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
         v = self.v(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
-        out = gpsa_fused(q, k, v, self.positional_attention(), torch.sigmoid(self.gating_param), self.scale)
+        pos_y, pos_x = self.positional_factors()
+        out = gpsa_fused(q, k, v, pos_y, pos_x, torch.sigmoid(self.gating_param), self.scale)
         return out.transpose(1, 2).reshape(B, N, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
-        self._set_grid(H, W)
-        x = x.reshape(B, H * W, C)
         # the fused path has no attention matrix to drop out: with attention dropout in training, the reference
-        if self.fused and not torch.jit.is_scripting() and not (self.training and self.attn_drop.p > 0):
+        fused = self.fused and not torch.jit.is_scripting() and not (self.training and self.attn_drop.p > 0)
+        self._set_grid(H, W, with_indices=not fused)
+        x = x.reshape(B, H * W, C)
+        if fused:
             x = self._forward_fused(x)
         else:
             # timm's GPSA.forward after its index check, unchanged
