@@ -13,7 +13,7 @@ record per job.
 
 Shapes are per op (the kernels of one op share them): ``bra``: R (tokens per region), TOPK, D, DV, HAS_MASK;
 ``na2d``: KH, KW, SHIFT, HAS_RPB, HAS_EXTRA, D; ``halo_attn``: BS, HALO, STRIDE, DQK, DV, HAS_RH, HAS_RW,
-MASK_PAD.
+MASK_PAD; ``sparse_attn``: A (always-attended keys), DQK, DV.
 """
 
 from __future__ import annotations
@@ -97,17 +97,32 @@ KERNELS: dict[str, tuple[str, dict[str, str | None], tuple[str, ...]]] = {
         ("scale",),
     ),
 }
+KERNELS["sparse_attn_fwd"] = ("sparse_attn", dict(Q=None, K=None, V=None, IDX="i64", OUT=None, LSE="fp32"), ("scale",))
+KERNELS["sparse_attn_bwd"] = (
+    "sparse_attn",
+    dict(Q=None, K=None, V=None, IDX="i64", DO=None, LSE="fp32", DELTA="fp32", DQ=None, DK="fp32", DVA="fp32"),
+    ("scale",),
+)
 # BRA's transposed-routing tables are int32 too
 KERNELS["bra_bwd_dkdv"][1].update(QOFF="i32", QREG="i32")
 
 _TORCH_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
+def op_modules() -> list[str]:
+    """Names of the op modules of this package (every module not starting with an underscore)."""
+    import pkgutil
+
+    from . import __path__ as package_path
+
+    return sorted(m.name for m in pkgutil.iter_modules(package_path) if not m.name.startswith("_"))
+
+
 def _tuned_kernel(name: str):
     import importlib
 
     # (``from . import bra`` would give the function: the package re-exports the op under its module's name)
-    for mod_name in ("bra", "neighborhood", "halo"):
+    for mod_name in op_modules():
         mod = importlib.import_module(f"{__package__}.{mod_name}")
         if name in mod.KERNELS:
             return mod.KERNELS[name]
@@ -134,6 +149,8 @@ def _derived(op: str, shape: dict, dtype: str) -> dict:
             WIN=win, WINP=_dispatch.next_pow2(win), BQ=bq, BM=_dispatch.next_pow2(bq * bq, 16),
             DP=_dispatch.head_block(shape["DQK"]), DVP=_dispatch.head_block(shape["DV"]),
         )  # fmt: skip
+    elif op == "sparse_attn":
+        out.update(DP=_dispatch.head_block(shape["DQK"]), DVP=_dispatch.head_block(shape["DV"]))
     return out
 
 

@@ -1,6 +1,6 @@
 """One dispatch, one set of kernel limits and one launch helper for every op in visionattn.kernels.
 
-Ops: ``bra``, ``na2d``, ``halo_attn`` (:data:`OPS`); ``last_path(op)`` and the error messages use these names.
+Ops: ``bra``, ``na2d``, ``halo_attn``, ``sparse_attn`` (:data:`OPS`); ``last_path(op)`` and the error messages use these names.
 
 Path selection (:func:`select`), in order:
 
@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 ENV_VAR = "VISIONATTN_KERNELS"
-OPS = ("bra", "na2d", "halo_attn")
+OPS = ("bra", "na2d", "halo_attn", "sparse_attn")
 _MODES = ("auto", "triton", "reference")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Tiles hold whole head dims in registers / shared memory; larger head dims would need a split over d.

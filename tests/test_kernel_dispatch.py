@@ -13,6 +13,8 @@ from visionattn.kernels import (
     last_path,
     na2d,
     na2d_reference,
+    sparse_attn,
+    sparse_attn_reference,
 )
 
 
@@ -28,6 +30,9 @@ def _inputs(op: str, d: int = 8, dtype=torch.float32, device="cpu"):
         return bra, bra_reference, (rnd(1, 1, 3, 4, d), rnd(1, 1, 3, 4, d), rnd(1, 1, 3, 4, d), routing), {}
     if op == "na2d":
         return na2d, na2d_reference, (rnd(1, 1, 5, 6, d), rnd(1, 1, 5, 6, d), rnd(1, 1, 5, 6, d), 3), {}
+    if op == "sparse_attn":
+        index = torch.tensor([[[[1, 2], [0, 3], [2, 1]]]], device=device)
+        return sparse_attn, sparse_attn_reference, (rnd(1, 1, 3, d), rnd(1, 1, 4, d), rnd(1, 1, 4, d), index), {}
     return halo_attn, halo_attn_reference, (rnd(1, 1, 4, 4, d), rnd(1, 1, 4, 4, d), rnd(1, 1, 4, 4, d), 2, 1), {}
 
 
@@ -88,12 +93,12 @@ def test_bad_backend_and_env_name_the_op_and_the_choices(monkeypatch):
 
 
 def test_one_name_per_op():
-    assert _dispatch.OPS == ("bra", "na2d", "halo_attn")
+    assert _dispatch.OPS == ("bra", "na2d", "halo_attn", "sparse_attn")
     for op in _dispatch.OPS:
         fn, _, args, kwargs = _inputs(op)
         fn(*args, **kwargs, backend="reference")
         assert last_path(op) == "reference"
-    with pytest.raises(ValueError, match="op='halo' is not one of bra, na2d, halo_attn"):
+    with pytest.raises(ValueError, match="op='halo' is not one of bra, na2d, halo_attn, sparse_attn"):
         last_path("halo")
 
 

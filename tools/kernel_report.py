@@ -35,10 +35,15 @@ HALO_SHAPES = [
     ("bs8 h3 d32", dict(BS=8, HALO=3, STRIDE=1, DQK=32, DV=32, HAS_RH=True, HAS_RW=True, MASK_PAD=False)),
     ("bs8 h2 d32", dict(BS=8, HALO=2, STRIDE=1, DQK=32, DV=32, HAS_RH=True, HAS_RW=True, MASK_PAD=False)),
 ]
+SPARSE_SHAPES = [
+    ("Sparsifiner-S d64", dict(A=0, DQK=64, DV=64)),
+    ("d64, class column always", dict(A=1, DQK=64, DV=64)),
+]
 OP_KERNELS = {
     "bra": ["bra_fwd", "bra_bwd_delta", "bra_bwd_dq", "bra_bwd_dkdv"],
     "na2d": ["na2d_fwd", "na2d_bwd_dq", "na2d_bwd_dkdv", "na2d_bwd_extra"],
     "halo_attn": ["halo_attn_fwd", "halo_attn_bwd"],
+    "sparse_attn": ["sparse_attn_fwd", "sparse_attn_bwd"],
 }
 
 
@@ -64,7 +69,7 @@ def bra_shapes() -> list[tuple[str, dict]]:
 def build_jobs(ops, dtypes, quick: bool, all_configs: bool, n_shapes: int | None = None):
     from visionattn.kernels import _aot
 
-    shapes = {"bra": bra_shapes(), "na2d": NA_SHAPES, "halo_attn": HALO_SHAPES}
+    shapes = {"bra": bra_shapes(), "na2d": NA_SHAPES, "halo_attn": HALO_SHAPES, "sparse_attn": SPARSE_SHAPES}
     jobs = []
     for op in ops:
         op_shapes = shapes[op][: 1 if quick else n_shapes]

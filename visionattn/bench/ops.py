@@ -6,11 +6,13 @@ Adding an op to the benchmark is adding one :class:`~visionattn.bench.opspec.OpS
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .opspec import REQUIRED, Cost, KernelCase, OpInputs, OpSpec, Unavailable, attention_cost, register_op
 
-__all__ = ["BRA", "HALO_ATTN", "NA2D"]
+__all__ = ["BRA", "HALO_ATTN", "NA2D", "SPARSE_ATTN"]
 
 
 def _randn(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, grad: bool) -> torch.Tensor:
@@ -175,5 +177,49 @@ HALO_ATTN = register_op(
             ),
         ),
         test_case=dict(name="tiny", height=8, width=8, heads=2, head_dim=4, block_size=4, halo_size=1),
+    )
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sparse_attn: each of height x width patch queries attends to its own ceil(keep * N) keys among the N =
+# prefix + height x width tokens (Sparsifiner's patch rows; the class row is dense and not part of the op).
+
+
+def _sparse_shape(case: KernelCase) -> tuple[int, int]:
+    n = case.tokens + case["prefix"]
+    return n, min(n, math.ceil(case["keep"] * n))
+
+
+def _sparse_inputs(case: KernelCase, b: int, device: torch.device, dtype: torch.dtype, grad: bool) -> OpInputs:
+    n, kk = _sparse_shape(case)
+    q = _randn((b, case.heads, case.tokens, case.head_dim), device, dtype, grad)
+    k, v = (_randn((b, case.heads, n, case.head_dim), device, dtype, grad) for _ in range(2))
+    index = torch.rand(b, case.heads, case.tokens, n, device=device).topk(kk, dim=-1).indices
+    return OpInputs((q, k, v, index), {}, (q, k, v))
+
+
+def _sparse_cost(case: KernelCase, b: int, itemsize: int) -> Cost:
+    n, kk = _sparse_shape(case)
+    return attention_cost(
+        batch=b,
+        heads=case.heads,
+        queries=case.tokens,
+        keys_per_query=kk,
+        head_dim=case.head_dim,
+        itemsize=itemsize,
+        kv_tokens=n,
+        index_bytes=b * case.heads * case.tokens * kk * 8,  # int64 positions
+    )
+
+
+SPARSE_ATTN = register_op(
+    OpSpec(
+        name="sparse_attn",
+        params={"keep": REQUIRED, "prefix": 0},
+        make_inputs=_sparse_inputs,
+        cost=_sparse_cost,
+        describe=lambda case: f"{_sparse_shape(case)[1]} of {_sparse_shape(case)[0]} keys per query",
+        test_case=dict(name="tiny", height=4, width=5, heads=2, head_dim=4, keep=0.25, prefix=1),
     )
 )
