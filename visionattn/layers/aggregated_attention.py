@@ -226,7 +226,8 @@ class AggregatedAttention(nn.Module):
         k_loc, v_loc = F.normalize(kv[0], dim=-1), kv[1]
 
         # pooled keys / values (B, heads, P, d) through the same kv projection
-        pooled = self.act(self.sr(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        # the 1x1 conv ``sr`` (kept a Conv2d for the checkpoint layout) as a linear map on channels-last tokens
+        pooled = self.act(F.linear(x, self.sr.weight.flatten(1), self.sr.bias))
         pooled = torch.einsum("ph,bhwc->bpwc", pool_matrix(h, ph, dev, x.dtype), pooled)
         pooled = torch.einsum("qw,bpwc->bpqc", pool_matrix(w, pw, dev, x.dtype), pooled)
         pooled = self.norm(pooled.reshape(b, ph * pw, c))
