@@ -20,14 +20,15 @@ pytest.importorskip("mmengine")
 
 from visionattn.dense import VisionAttnBackbone  # noqa: E402
 from visionattn.dense.backbone import resolve_dense_args  # noqa: E402
-from visionattn.models.focalnet import convert_dense_checkpoint  # noqa: E402
+from visionattn.models.focalnet import DENSE_FOCAL_WINDOWS, convert_dense_checkpoint  # noqa: E402
 from visionattn.pretrained import convert_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 # the official backbone of the fixture: FocalNet(embed_dim=16, depths=[1, 1, 2, 1], focal_levels=[2, 3, 2, 3],
-# focal_windows=[9, 9, 9, 9]); focalnet_test has those depths and levels, the recipe gives window 9
+# focal_windows=[9, 9, 9, 9]); focalnet_test has those depths and levels
 REDUCED = dict(embed_dim=16)
+DENSE = dict(REDUCED, focal_windows=(9, 9, 9, 9))
 REDUCED_CHANNELS = [16, 32, 64, 128]
 VARIANTS = [f"focalnet_{s}_{rf}" for s in ("tiny", "small", "base") for rf in ("srf", "lrf")]
 
@@ -43,7 +44,7 @@ def _outputs() -> dict:
 
 
 def _backbone(**kwargs) -> VisionAttnBackbone:
-    return VisionAttnBackbone("focalnet_test", REDUCED, **kwargs).eval()
+    return VisionAttnBackbone("focalnet_test", DENSE, **kwargs).eval()
 
 
 def _assert_official_outputs(backbone: VisionAttnBackbone, ref: dict, atol: float = 1e-5) -> None:
@@ -59,13 +60,17 @@ def _load_bare(backbone: VisionAttnBackbone, converted: dict) -> None:
 
 
 def test_record_holds_the_official_dense_recipe():
-    """The official dense backbones: focal window 9 (kernels 9/11 srf, 9/11/13 lrf) and an nn.LayerNorm
-    (eps 1e-5) on each of the four outputs."""
+    """The official dense backbones: an nn.LayerNorm (eps 1e-5) on each of the four outputs (the record), focal
+    window 9 (the backbone configs): kernels 9/11 srf, 9/11/13 lrf."""
+    from mmengine.config import Config
+
     recipe = visionattn.get_family("focalnet").dense
     assert (recipe.out_norm, recipe.out_norm_eps) == ("ln2d", 1e-5)
     for name, kernels in (("focalnet_tiny_srf", [9, 11]), ("focalnet_tiny_lrf", [9, 11, 13])):
+        cfg = Config.fromfile(str(ROOT / "configs/_base_/backbones" / f"{name}.py")).backbone
+        assert cfg.model_name == name and cfg.model_kwargs == dict(focal_windows=DENSE_FOCAL_WINDOWS)
         with torch.device("meta"):
-            b = VisionAttnBackbone(name)
+            b = VisionAttnBackbone(name, cfg.model_kwargs)
         assert b.channels == [96, 192, 384, 768] and b.strides == [4, 8, 16, 32]
         assert all(n.eps == 1e-5 for n in b.out_norms) and len(b.out_norms) == 4
         mod = b.trunk.get_submodule("layers_0.blocks.0.modulation")
@@ -258,7 +263,7 @@ def test_official_dense_checkpoint_loads_into_our_model(config, heads, tmp_path)
 
     cfg = cpu_safe_config(Config.fromfile(str(ROOT / "configs" / config)))
     init_default_scope(cfg.default_scope)
-    cfg.model.backbone.update(model_name="focalnet_test", model_kwargs=dict(REDUCED), init_cfg=None)
+    cfg.model.backbone.update(model_name="focalnet_test", model_kwargs=dict(DENSE), init_cfg=None)
     for key, value in heads.items():
         cfg.model[key].in_channels = value
     model = MODELS.build(cfg.model).eval()

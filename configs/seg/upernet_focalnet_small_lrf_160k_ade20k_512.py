@@ -12,8 +12,8 @@ _base_ = [
 model = dict(
     backbone=dict(
         _base_.backbone,
-        # focal window 9 and the output norms come from the family's dense recipe
-        model_kwargs=dict(drop_path_rate=0.3),
+        # the official dense backbone's focal window 9; the output norms come from the family's dense recipe
+        model_kwargs=dict(focal_windows=(9, 9, 9, 9), drop_path_rate=0.3),
         init_cfg=dict(type="Pretrained", checkpoint=_base_.backbone_checkpoint),
     ),
     decode_head=dict(in_channels=_base_.backbone_channels, num_classes=150),

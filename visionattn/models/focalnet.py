@@ -327,8 +327,10 @@ register_family(
         num_stages=4,
         # focalnet_test is already small (timm's entrypoints refuse depths / embed_dim overrides)
         test_kwargs={},
-        # the official dense backbones: an nn.LayerNorm (eps 1e-5) on each output, focal window 9
-        dense=DenseRecipe(out_norm="ln2d", model_kwargs=dict(focal_windows=DENSE_FOCAL_WINDOWS), out_norm_eps=1e-5),
+        # the official dense backbones: an nn.LayerNorm (eps 1e-5) on each output. Their focal window 9
+        # (DENSE_FOCAL_WINDOWS) is set by the configs, not here: timm's large / xlarge / huge_fl3 entrypoints fix
+        # focal_windows themselves and refuse it as an argument
+        dense=DenseRecipe(out_norm="ln2d", out_norm_eps=1e-5),
         onnx_dynamic_size=True,
     )
 )

@@ -1,10 +1,13 @@
 # FocalNet-B (LRF, 88.75 M parameters) as a VisionAttnBackbone: four maps at strides 4/8/16/32.
-# Its dense recipe comes from the family record: a LayerNorm (eps 1e-5) on each output and focal window 9
-# (kernels 9/11/13) as in the official mmdet / mmseg backbones. A leaf config adds what its data needs:
-#   model = dict(backbone=dict(_base_.backbone, model_kwargs=dict(drop_path_rate=0.3)), neck=dict(in_channels=_base_.backbone_channels))
-backbone = dict(type="VisionAttnBackbone", model_name="focalnet_base_lrf", model_kwargs=dict())
+# The official dense backbone: focal window 9 (kernels 9/11/13, set here) and a LayerNorm (eps 1e-5) on each
+# output (the family's dense recipe). A leaf config adds what its data needs, e.g.
+#   model = dict(backbone=dict(_base_.backbone, model_kwargs=dict(focal_windows=(9, 9, 9, 9), drop_path_rate=0.3)))
+backbone = dict(
+    type="VisionAttnBackbone", model_name="focalnet_base_lrf", model_kwargs=dict(focal_windows=(9, 9, 9, 9))
+)
 backbone_channels = [128, 256, 512, 1024]
-# the official ImageNet-1k weights (focalnet_base_lrf.pth, github.com/microsoft/FocalNet/releases v1.0.0) fitted to
-# the dense window 9 once (kernels zero-padded about their centre, the official rule):
-#   python tools/convert_checkpoint.py focalnet_base_lrf focalnet_base_lrf.pth checkpoints/focalnet_base_lrf_dense.pth --model-kwargs "focal_windows=(9,9,9,9)"
+# the official ImageNet-1k weights (focalnet_base_lrf.pth, github.com/microsoft/FocalNet/releases v1.0.0) fitted to window
+# 9 once by the official rule (kernels zero-padded about their centre):
+#   python tools/convert_checkpoint.py focalnet_base_lrf focalnet_base_lrf.pth checkpoints/focalnet_base_lrf_dense.pth \
+#       --model-kwargs "focal_windows=(9,9,9,9)"
 backbone_checkpoint = "checkpoints/focalnet_base_lrf_dense.pth"
