@@ -521,15 +521,28 @@ def build_model(
     return model
 
 
+# create_model kwargs that are not the classification model's arguments
+_NOT_MODEL_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg", "cache_dir", "scriptable")
+
+
+def _timm_filter(model_name: str) -> Callable | None:
+    """The checkpoint filter timm's builder applies for ``model_name`` (its module's ``checkpoint_filter_fn``)."""
+    import sys
+
+    from timm.models import model_entrypoint
+
+    return getattr(sys.modules.get(model_entrypoint(model_name).__module__), "checkpoint_filter_fn", None)
+
+
 def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` whose pretrained weights always come through visionattn's loader.
 
     For a visionattn family this is ``timm.create_model`` (its models are built by :func:`build_model`). For a
     family bound from timm, ``timm.create_model(name, pretrained=True)`` would fetch and unpickle with timm's own
     loader; here the weights are fetched, verified (sha256) and read (weights_only / safetensors) by
-    :func:`fetch_state_dict`, then handed to timm's build as a state_dict, where timm's converter of the official
-    layout (the family's ``converter``) and ``load_pretrained`` apply as usual. ``pretrained_cfg_overlay`` takes
-    ``file=``, ``url=``, ``hf_hub_id=`` and ``sha256=`` as for our own families.
+    :func:`fetch_state_dict`, mapped by the family's ``converter`` when that is not timm's own filter, then handed
+    to timm's build as a state_dict, where timm's filter and ``load_pretrained`` apply as usual.
+    ``pretrained_cfg_overlay`` takes ``file=``, ``url=``, ``hf_hub_id=`` and ``sha256=`` as for our own families.
     """
     import timm
 
@@ -544,6 +557,12 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     cfg_arg, overlay, sha256 = _pretrained_args(kwargs)
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg=cfg_arg, pretrained_cfg_overlay=overlay).to_dict()
     state_dict = fetch_state_dict(cfg, sha256=sha256, cache_dir=kwargs.get("cache_dir"))
+    if family.converter is not None and family.converter is not _timm_filter(model_name):
+        # timm's builder applies timm's own filter only; a record converter that differs (timm's filter misses an
+        # official layout) maps the weights first, against the classification model built on the meta device
+        with torch.device("meta"):
+            ref = timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k not in _NOT_MODEL_KWARGS})
+        state_dict = family.converter(state_dict, ref)
     model = timm.create_model(
         model_name,
         pretrained=True,
