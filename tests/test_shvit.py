@@ -140,6 +140,16 @@ def test_convert_checkpoint_tool_writes_timm_layout(tmp_path):
     assert len(digest) == 64
 
 
+def test_create_model_converts_an_official_file():
+    """visionattn.create_model(pretrained=True) on an official file: the record's converter runs (timm's filter alone
+    would leave the official keys unloaded), the logits are the official ones."""
+    overlay = dict(file=str(OFFICIAL), hf_hub_id="", num_classes=10)
+    model = visionattn.create_model("shvit_s1", pretrained=True, pretrained_cfg_overlay=overlay, **REDUCED).eval()
+    ref = torch.load(OUTPUTS, weights_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ref["input2"].float()).double(), ref["logits2"], atol=1e-5, rtol=0)
+
+
 def test_card_states_official_accuracy():
     card = (Path(__file__).resolve().parents[1] / "model_cards/shvit.md").read_text()
     for name, top1 in OFFICIAL_TOP1.items():
