@@ -433,3 +433,22 @@ def test_offset_lr_multiplier_reaches_only_offset_convs():
     lrs = {id(p): g["lr"] for g in wrapper.optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert lrs[id(p)] == pytest.approx(1e-6 if ".conv_offset." in name else 1e-4), name
+
+
+def test_dtm_exports_to_onnx_as_grid_sample(tmp_path):
+    """torchvision exports no DeformConv (and ONNX's is opset 19): the export path is one GridSample, and
+    onnxruntime's result equals torchvision's deformable conv."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = DeformTokenMerge(6, 12).eval()
+    nn.init.normal_(m.dconv.conv_offset.weight, std=0.5)
+    x = torch.randn(2, 6, 10, 14)
+    path = tmp_path / "dtm.onnx"
+    torch.onnx.export(m, (x,), str(path), opset_version=18, dynamo=False, input_names=["x"])
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "GridSample" in ops and not any("Deform" in op for op in ops)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = m(x)
+    torch.testing.assert_close(torch.from_numpy(out), ref, rtol=0, atol=1e-5)

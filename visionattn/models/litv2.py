@@ -44,7 +44,7 @@ from visionattn.layers.hilo import HiLo
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
-from ._registry import DenseRecipe, Family, register_family
+from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["LITv2", "checkpoint_filter_fn", "offset_paramwise_cfg"]
 
@@ -203,7 +203,8 @@ class LITv2Stage(nn.Module):
         self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1)
+        # the blocks' Linear / LayerNorm want channels-last memory: one copy here instead of one per op
+        x = self.downsample(x).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -560,6 +561,60 @@ def litv2_base_384(pretrained: bool = False, **kwargs) -> LITv2:
     return _create_litv2("litv2_base_384", pretrained, **dict(_B, **kwargs))
 
 
+def _checkpoints() -> tuple[Checkpoint, ...]:
+    """The official releases (GitHub, ziplab/LITv2 v1.0 / v1.1; also on the README's Google Drive folder). Not
+    downloaded from here (no network where this was written): status unknown, format from the official loaders."""
+    dl = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
+    cls = [
+        Checkpoint(m, "in1k", format="model", top1=top1)
+        for m, top1 in (("litv2_small", 82.0), ("litv2_medium", 83.3), ("litv2_base", 83.6), ("litv2_base_384", 84.7))
+    ]
+    sweep_top1 = {"0": 81.16, "0.2": 81.89, "0.4": 81.81, "0.5": 81.88, "0.7": 81.94, "0.9": 82.03, "1": 81.89}
+    sweep = [
+        Checkpoint("litv2_small", f"in1k_alpha_{tag}", format="model", top1=sweep_top1[tag], notes=f"alpha={a}")
+        for tag, a in ALPHA_SWEEP.items()
+    ]
+    dense_notes = "mmdet / mmseg checkpoint; the backbone's keys load through the family converter"
+    det = [
+        Checkpoint(
+            {"s": "litv2_small", "m": "litv2_medium", "b": "litv2_base"}[size],
+            f"coco_{det}_1x{ws}",
+            task="det",
+            urls=(f"{dl}{det}_litv2_{size}_fpn_1x_coco{ws.replace('ws4', '_ws_4')}.pth",),
+            format="mmcv",
+            result=result,
+            notes=dense_notes,
+        )
+        for det, size, ws, result in (
+            ("retinanet", "s", "", "box AP 44.0"),
+            ("retinanet", "s", "_ws4", "box AP 43.7"),
+            ("retinanet", "m", "", "box AP 46.0"),
+            ("retinanet", "m", "_ws4", "box AP 45.8"),
+            ("retinanet", "b", "", "box AP 46.7"),
+            ("retinanet", "b", "_ws4", "box AP 46.3"),
+            ("mask_rcnn", "s", "", "box AP 44.9 / mask AP 40.8"),
+            ("mask_rcnn", "s", "_ws4", "box AP 44.7 / mask AP 40.7"),
+            ("mask_rcnn", "m", "", "box AP 46.8 / mask AP 42.3"),
+            ("mask_rcnn", "m", "_ws4", "box AP 46.5 / mask AP 42.0"),
+            ("mask_rcnn", "b", "", "box AP 47.3 / mask AP 42.6"),
+            ("mask_rcnn", "b", "_ws4", "box AP 46.8 / mask AP 42.3"),
+        )
+    ]
+    seg = [
+        Checkpoint(
+            model,
+            "ade20k_fpn_80k",
+            task="seg",
+            urls=(f"{dl}litv2_{size}_fpn_r50_512x512_80k_ade20k.pth",),
+            format="mmcv",
+            result=f"mIoU {miou}",
+            notes=dense_notes,
+        )
+        for model, size, miou in (("litv2_small", "s", 44.3), ("litv2_medium", "m", 45.7), ("litv2_base", "b", 47.2))
+    ]
+    return tuple(cls + sweep + det + seg)
+
+
 register_family(
     Family(
         name="litv2",
@@ -580,5 +635,6 @@ register_family(
         ),
         # HiLo's window padding and the DTM sampling grid are computed in Python from the input size
         onnx_dynamic_size=False,
+        checkpoints=_checkpoints(),
     )
 )
