@@ -192,3 +192,28 @@ def test_h_models_run_off_the_block_multiple():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 72, 40))
     assert out.shape == (1, 5) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+@pytest.mark.slow
+def test_timm_weights_model_exports_at_native_and_timm_refused_size(tmp_path):
+    """va_halonet26t at timm's 256 and at 224 (which timm refuses): no Unfold in either graph, onnxruntime within
+    1e-4 at two batch sizes; timm's halo models do not export at all (Unfold)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from visionattn.export import export_onnx
+
+    report = export_onnx(
+        "va_halonet26t",
+        tmp_path / "m.onnx",
+        (3, 256, 256),
+        extra_sizes=[(3, 224, 224)],
+        model_kwargs=dict(zero_init_last=False),  # the attention reaches the logits
+    )
+    assert len(report.paths) == 2 and len(report.checks) == 4
+    assert all(c.ok and c.max_abs_err <= 1e-4 and c.max_ref_abs > 0.1 for c in report.checks)
+    for path in report.paths:
+        ops = {n.op_type for n in onnx.load(path).graph.node}
+        assert "Unfold" not in ops and "Col2Im" not in ops
