@@ -29,7 +29,7 @@ from visionattn.layers.aggregated_attention import AggregatedAttention, CosineAt
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model
 
-from ._registry import DenseRecipe, Family, register_family
+from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["TransNeXt", "checkpoint_filter_fn"]
 
@@ -530,5 +530,24 @@ register_family(
         scriptable=False,
         # window key counts, pooled grid and position-bias tables are computed in Python from the input size
         onnx_dynamic_size=False,
+        checkpoints=tuple(
+            Checkpoint(
+                model,
+                tag,
+                format="state_dict",
+                status="unknown",
+                top1=top1,
+                notes="raw fp32 state_dict (Hugging Face lists only OrderedDict and float-storage pickle imports)",
+            )
+            for model, tag, top1 in (
+                ("transnext_micro", "in1k", 82.5),
+                ("transnext_tiny", "in1k", 84.0),
+                ("transnext_small", "in1k", 84.7),
+                ("transnext_small", "in1k_384", 86.0),
+                ("transnext_base", "in1k", 84.8),
+                ("transnext_base", "in1k_384", 86.2),
+                ("transnext_micro_aaaa", "in1k", 82.6),
+            )
+        ),
     )
 )
