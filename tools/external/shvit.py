@@ -1,6 +1,8 @@
 """SHViT implementations to benchmark beside ours (``tools/benchmark.py --compare FILE.py:FUNC``).
 
     python tools/benchmark.py shvit_s1 --batch 4 --compare tools/external/shvit.py:birder,variant=shvit_s1
+    python tools/benchmark.py tools/external/shvit.py:fused --model-kwargs variant=shvit_s1 --batch 4 \
+        --compare tools/external/shvit.py:birder,variant=shvit_s1,reparameterized=True
 
 ``birder``: the PyPI package ``birder``, installed aside (``pip install --target DIR birder``), never a dependency of
 visionattn; ``VISIONATTN_BIRDER`` names that directory (default /tmp/aside/birder). ``reparameterized=True`` builds
@@ -38,3 +40,11 @@ def birder(
     if reparameterized:
         model.reparameterize_model()
     return model
+
+
+def fused(variant: str = "shvit_s1", num_classes: int = 1000) -> nn.Module:
+    """timm's model (the one visionattn binds) after ``model.fuse()``: the inference form to set beside birder's
+    ``reparameterized=True``."""
+    import timm
+
+    return timm.create_model(variant, num_classes=num_classes).eval().fuse()
