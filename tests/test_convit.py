@@ -3,6 +3,8 @@ one size timm takes) and defined at any size from 32 px; GPSA on non-square grid
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -270,3 +272,23 @@ def test_import_visionattn_does_not_change_what_timm_builds_at_224(tmp_path):
     assert list(a["state"]) == list(b["state"])
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert torch.equal(a["out"], b["out"]) and torch.equal(a["feats"], b["feats"])
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_official_fixture(fused):
+    """The official ConViT (facebookresearch/convit@0a9340a, reduced to 4 heads of 8 channels and 10 classes, random
+    fp16-rounded weights, mixed gates) at 224: its state_dict loads strictly into timm's name (no converter) and gives
+    the official logits and class-token features (equal bit for bit where the fixture was made; 1e-5 allowed for
+    other BLAS builds; the fused GPSA within 1e-5)."""
+    state = torch.load(FIXTURES / "convit_reduced_official.pth", weights_only=True)
+    ref = torch.load(FIXTURES / "convit_reduced_outputs.pt", weights_only=True)
+    model = timm.create_model("convit_tiny", embed_dim=8, num_classes=10, fused_gpsa=fused).eval()
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        feats = model.forward_features(ref["input"].float())
+        logits, pre_logits = model.forward_head(feats), model.forward_head(feats, pre_logits=True)
+    torch.testing.assert_close(pre_logits, ref["pre_logits"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-5)
