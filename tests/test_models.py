@@ -660,10 +660,13 @@ def test_default_cfg(name):
     first = model.get_submodule(cfg["first_conv"])
     assert isinstance(first, nn.Conv2d) and first.in_channels == 3
     if cfg["num_classes"]:
-        assert cfg["classifier"] + ".weight" in state
-        head = model.get_submodule(cfg["classifier"])
-        assert isinstance(head, nn.Linear) and head.out_features == cfg["num_classes"]
-        assert head is model.get_classifier()
+        # one classifier, or several (timm allows a tuple; the first is get_classifier()'s)
+        classifiers = (cfg["classifier"],) if isinstance(cfg["classifier"], str) else tuple(cfg["classifier"])
+        for i, classifier in enumerate(classifiers):
+            assert classifier + ".weight" in state
+            head = model.get_submodule(classifier)
+            assert isinstance(head, nn.Linear) and head.out_features == cfg["num_classes"]
+            assert i or head is model.get_classifier()
     assert model.num_features > 0 and model.head_hidden_size > 0
     if cfg.get("pool_size"):
         red = model.feature_info[-1]["reduction"]
