@@ -217,3 +217,19 @@ def test_predictor_trains_only_through_the_reconstruction_objective():
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == set(predictor)  # the target is detached: the backbone is not moved by this loss
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_onnx_graph_selects_with_topk_and_builds_no_dense_mask(tmp_path):
+    """The exported graph selects keys with TopK and reads them with Gather: no ScatterElements (the official
+    dense mask), and it matches onnxruntime at 224 and a second size (export.check_onnx)."""
+    import onnx
+
+    from visionattn.export import export_onnx
+
+    model, _ = _official("sparsifiner_deit_small")
+    report = export_onnx(model, tmp_path / "s.onnx", (3, 224, 224), extra_sizes=[(3, 96, 160)])
+    assert len(report.checks) == 4 and all(c.ok for c in report.checks)
+    for path in report.paths:
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "TopK" in ops and "Gather" in ops
+        assert not ops & {"ScatterElements", "ScatterND", "Scatter"}, ops
