@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers.gpsa import GridGPSA, grid_pos_embed
 from ..layers.input_size import check_input_size
-from ._registry import DenseRecipe, Family, register_family
+from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["ConVit"]
 
@@ -221,6 +221,23 @@ with warnings.catch_warnings():
         register_model(_fn)
 
 
+# The official release (facebookresearch/convit models.py, commit 0a9340a): bare state_dicts with timm's keys; timm's
+# `fb_in1k` tags are copies on the Hugging Face hub. Top-1: the official weights' ImageNet-1k accuracy as given when
+# they were added to timm (huggingface/pytorch-image-models#653; the official README gives 73.1 for Ti).
+_CHECKPOINTS = tuple(
+    Checkpoint(
+        model,
+        "fb_in1k",
+        urls=(f"https://dl.fbaipublicfiles.com/convit/{model}.pth",),
+        format="state_dict",
+        top1=top1,
+        evidence="not checked from this machine (no network)",
+        notes="official file: a bare state_dict with timm's keys (no converter); a 14x14 position table, resampled "
+        "on the fly at other sizes",
+    )
+    for model, top1 in (("convit_tiny", 73.116), ("convit_small", 81.418), ("convit_base", 82.288))
+)
+
 register_family(
     Family(
         name="convit",
@@ -237,5 +254,6 @@ register_family(
         # LayerNorm, then the adapter's simple feature pyramid
         dense=DenseRecipe(out_norm="ln2d"),
         onnx_dynamic_size=False,
+        checkpoints=_CHECKPOINTS,
     )
 )
