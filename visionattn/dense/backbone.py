@@ -278,10 +278,14 @@ class VisionAttnBackbone(BaseModule):
 
     # -- construction -------------------------------------------------------------------------------------
     def _create_trunk(self, pretrained_file: str | None) -> nn.Module:
+        from visionattn.pretrained import create_model
+
         kwargs: dict[str, Any] = dict(self.model_kwargs)
         if pretrained_file is not None:
             kwargs["pretrained_cfg_overlay"] = dict(file=pretrained_file)
-        return timm.create_model(
+        # visionattn.create_model: a file is read by the safe loader and mapped by the family's converter, also for a
+        # timm-bound family whose converter is not timm's own filter
+        return create_model(
             self.model_name,
             pretrained=pretrained_file is not None,
             features_only=True,
