@@ -22,6 +22,7 @@ from visionattn.models.shvit import convert_dense_checkpoint  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests/fixtures"
 REDUCED = dict(embed_dim=(16, 24, 32), partial_dim=(8, 8, 12), depth=(1, 2, 2))
+OFFICIAL_CLS = FIXTURES / "shvit_reduced_official.pth"
 # the official necks of the fixture (out_channels reduced to 16)
 NECKS = {
     "mask_rcnn": dict(num_extra_trans_convs=2),
@@ -70,6 +71,19 @@ def test_backbone_and_neck_match_official(kind):
         for i, o in enumerate(outs):
             torch.testing.assert_close(o.double(), ref[f"{kind}{i}"], atol=1e-5, rtol=0)
     assert not any(m.training for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_backbone_init_cfg_loads_an_official_classification_file():
+    """init_cfg=dict(type='Pretrained', checkpoint=<official .pth>): the family converter maps the official layout,
+    and the three maps are the official stage outputs."""
+    kwargs = dict(REDUCED, num_classes=10)
+    b = VisionAttnBackbone("shvit_s1", kwargs, init_cfg=dict(type="Pretrained", checkpoint=str(OFFICIAL_CLS)))
+    b.init_weights()
+    ref = torch.load(FIXTURES / "shvit_reduced_outputs.pt", weights_only=True)
+    with torch.no_grad():
+        feats = b.eval()(ref["input2"].float())
+    for i, f in enumerate(feats):
+        torch.testing.assert_close(f.double(), ref[f"stage{i}2"], atol=1e-5, rtol=0)
 
 
 def test_neck_levels_and_errors():
