@@ -330,3 +330,23 @@ def test_transnext_micro_triton_path_matches_reference():
     assert last_path("na2d") == "triton"
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config", ["det/mask_rcnn_transnext_t_1x_coco.py", "seg/upernet_transnext_b_160k_ade20k_512.py"]
+)
+def test_dense_configs_no_decay_keys_hit_the_official_parameters(config):
+    """The official no-decay keys of the dense recipes name parameters of this model (names kept official)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(Path(__file__).parents[1] / "configs" / config))
+    keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    assert {k for k, v in keys.items() if v.get("decay_mult") == 0.0} == {
+        "query_embedding", "relative_pos_bias_local", "cpb", "temperature", "norm"
+    }  # fmt: skip
+    model = _meta(cfg.model.backbone.model_name)
+    names = [n for n, _ in model.named_parameters()]
+    for key in keys:
+        assert any(key in n for n in names), key
+    blocks = sum(len(stage.blocks) for stage in model.stages)
+    assert sum("cpb" in n for n in names) == 4 * blocks  # cpb_fc1 / cpb_fc2 weight and bias in every block
