@@ -5,7 +5,6 @@
 #   model = dict(backbone=_base_.backbone, neck=dict(type="EfficientViTFPN", in_channels=_base_.backbone_channels, ...))
 backbone = dict(type="VisionAttnBackbone", model_name="shvit_s3", model_kwargs=dict(), norm_eval=True)
 backbone_channels = [192, 352, 448]
-# ImageNet-1k weights in timm's layout (timm's hub weights, or the official shvit_s3.pth converted with
-# python tools/convert_checkpoint.py shvit_s3 shvit_s3.pth checkpoints/shvit_s3_in1k.pth):
-# init_cfg=dict(type='Pretrained', checkpoint=_base_.backbone_checkpoint)
+# ImageNet-1k weights: the official shvit_s3.pth (converted on load by the family converter) or a file in timm's
+# layout: init_cfg=dict(type='Pretrained', checkpoint=_base_.backbone_checkpoint)
 backbone_checkpoint = "checkpoints/shvit_s3_in1k.pth"
