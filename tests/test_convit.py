@@ -292,3 +292,21 @@ def test_official_fixture(fused):
         logits, pre_logits = model.forward_head(feats), model.forward_head(feats, pre_logits=True)
     torch.testing.assert_close(pre_logits, ref["pre_logits"], rtol=0, atol=1e-5)
     torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-5)
+
+
+def test_fused_gpsa_exports_to_onnx(tmp_path):
+    """The fused path exports too (one graph per size; the factors of P baked in), onnxruntime within 1e-4 at a
+    square and a non-square size."""
+    pytest.importorskip("onnxruntime")
+    from visionattn.export import export_onnx
+
+    report = export_onnx(
+        "convit_tiny",
+        tmp_path / "convit.onnx",
+        input_size=(3, 64, 64),
+        extra_sizes=[(3, 80, 48)],
+        model_kwargs=dict(embed_dim=8, fused_gpsa=True),
+    )
+    assert len(report.paths) == 2
+    assert {c.input_size for c in report.checks} == {(3, 64, 64), (3, 80, 48)}
+    assert all(c.ok and c.max_abs_err < 1e-4 and c.max_ref_abs > 0 for c in report.checks)
