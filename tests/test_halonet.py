@@ -192,28 +192,36 @@ def test_h_models_run_off_the_block_multiple():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 72, 40))
     assert out.shape == (1, 5) and torch.isfinite(out).all()
+    small = timm.create_model("halonet_h0", depths=(1, 2, 1, 1), widths=(16, 32, 64, 128))
+    assert [len(s) for s in small.stages] == [1, 2, 1, 1] and small.num_features == 128
+    with pytest.raises(ValueError, match=r"depths=\(1, 1\) must be 4 positive ints"):
+        timm.create_model("halonet_h0", depths=(1, 1))
+    with pytest.raises(ValueError, match="interleaves"):
+        timm.create_model("va_halonet26t", depths=(1, 1, 1, 1))
 
 
 # ---------------------------------------------------------------- ONNX
 
 
 @pytest.mark.slow
-def test_timm_weights_model_exports_at_native_and_timm_refused_size(tmp_path):
-    """va_halonet26t at timm's 256 and at 224 (which timm refuses): no Unfold in either graph, onnxruntime within
-    1e-4 at two batch sizes; timm's halo models do not export at all (Unfold)."""
+def test_timm_weights_model_exports_one_graph_for_every_size(tmp_path):
+    """va_halonet26t exported once at timm's 256 with dynamic height and width, checked at 256, at 224 (which timm
+    refuses) and at 33x47: no Unfold, onnxruntime within 1e-4 at two batch sizes each; timm's halo models do not
+    export at all (Unfold)."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from visionattn.export import export_onnx
 
+    sizes = [(3, 256, 256), (3, 224, 224), (3, 33, 47)]
     report = export_onnx(
         "va_halonet26t",
         tmp_path / "m.onnx",
-        (3, 256, 256),
-        extra_sizes=[(3, 224, 224)],
+        sizes[0],
+        extra_sizes=sizes[1:],
+        dynamic_size=True,
         model_kwargs=dict(zero_init_last=False),  # the attention reaches the logits
     )
-    assert len(report.paths) == 2 and len(report.checks) == 4
+    assert len(report.paths) == 1 and [c.input_size for c in report.checks] == [s for s in sizes for _ in (2, 3)]
     assert all(c.ok and c.max_abs_err <= 1e-4 and c.max_ref_abs > 0.1 for c in report.checks)
-    for path in report.paths:
-        ops = {n.op_type for n in onnx.load(path).graph.node}
-        assert "Unfold" not in ops and "Col2Im" not in ops
+    ops = {n.op_type for n in onnx.load(report.path).graph.node}
+    assert "Unfold" not in ops and "Col2Im" not in ops

@@ -30,6 +30,7 @@ computes. ``timm.create_model("halonet26t")`` stays timm's model after ``import 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -135,10 +136,23 @@ class HaloNet(ByobNet):
             out of the softmax).
         halo_backend: the op's backend, None (the device decides: Triton on a GPU), ``"reference"`` or
             ``"triton"``.
+        depths, widths: per-stage block count and output width replacing the config's (plain numbers, so a
+            config file can carry them); only for configs whose stages are one block kind each (the H models).
     forward: x (B, in_chans, H, W) -> (B, num_classes).
     """
 
-    def __init__(self, cfg: ByoModelCfg, *, pad_mode: str = "zeros", halo_backend: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        cfg: ByoModelCfg,
+        *,
+        pad_mode: str = "zeros",
+        halo_backend: str | None = None,
+        depths: tuple[int, ...] | None = None,
+        widths: tuple[int, ...] | None = None,
+        **kwargs: Any,
+    ):
+        if depths is not None or widths is not None:
+            cfg = _resize_stages(cfg, depths, widths)
         super().__init__(cfg, **kwargs)
         # a BoT stage's position table fixes the input size (timm passes img_size for those); halo stages take any
         img_size = kwargs.get("img_size")
@@ -166,6 +180,20 @@ class HaloNet(ByobNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # defined here so that FX, tracing from this module, leaves the size checks as calls
         return self.forward_head(self.forward_features(x))
+
+
+def _resize_stages(cfg: ByoModelCfg, depths, widths) -> ByoModelCfg:
+    n = len(cfg.blocks)
+    for name, values in (("depths", depths), ("widths", widths)):
+        if values is not None and (len(values) != n or not all(isinstance(v, int) and v > 0 for v in values)):
+            raise ValueError(f"{name}={values!r} must be {n} positive ints, one per stage")
+    if not all(isinstance(b, ByoBlockCfg) for b in cfg.blocks):
+        raise ValueError("depths / widths need one block kind per stage; this config interleaves kinds in a stage")
+    blocks = tuple(
+        replace(b, d=b.d if depths is None else depths[i], c=b.c if widths is None else widths[i])
+        for i, b in enumerate(cfg.blocks)
+    )
+    return replace(cfg, blocks=blocks)
 
 
 @register_notrace_function
@@ -309,15 +337,9 @@ register_family(
         # timm zero-initialises each block's last BatchNorm: off, so every gradient is non-zero. The stem is the
         # tiered one of timm's halonet26t/50ts: H0's 7x7 stem conv is itself feature 0, leaving no stem before
         # it for the dense adapter's frozen_stages=0 to freeze.
-        test_kwargs=dict(
-            zero_init_last=False,
-            stem_type="tiered",
-            blocks=tuple(
-                ByoBlockCfg(type="self_attn", d=1, c=c, s=s, gs=0, br=2.0)
-                for c, s in ((16, 1), (32, 2), (64, 2), (128, 2))
-            ),
-        ),
+        test_kwargs=dict(zero_init_last=False, stem_type="tiered", depths=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
         scriptable=False,  # the op's dispatch and checks are Python; FX keeps HaloAttnOnKernel as a leaf
-        onnx_dynamic_size=False,  # window shapes come from the map size: one graph per input size
+        # the windows' pad / reshape / slice sizes are traced from the map size: one graph serves every size
+        onnx_dynamic_size=True,
     )
 )
