@@ -225,3 +225,25 @@ def test_timm_weights_model_exports_one_graph_for_every_size(tmp_path):
     assert all(c.ok and c.max_abs_err <= 1e-4 and c.max_ref_abs > 0.1 for c in report.checks)
     ops = {n.op_type for n in onnx.load(report.path).graph.node}
     assert "Unfold" not in ops and "Col2Im" not in ops
+
+
+# ---------------------------------------------------------------- dense
+
+
+def test_dense_five_levels_at_a_size_timm_refuses():
+    """The configs' backbone (va_halonet50ts) through the shared adapter: five levels at strides 2-32 for a
+    200x296 image (timm's halonet50ts asserts there), the maps forward_intermediates gives."""
+    from visionattn.dense import VisionAttnBackbone
+
+    torch.manual_seed(0)
+    b = VisionAttnBackbone("va_halonet50ts", dict(zero_init_last=False)).eval()
+    assert b.strides == [2, 4, 8, 16, 32] and b.channels == [64, 256, 512, 1024, 2048]
+    torch.manual_seed(0)  # the same draws: the same weights
+    ref = timm.create_model("va_halonet50ts", zero_init_last=False).eval()
+    x = torch.randn(1, 3, 200, 296)
+    with torch.no_grad():
+        outs = b(x)
+        exp = ref.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(o.shape[-2:]) for o in outs] == [(100, 148), (50, 74), (25, 37), (13, 19), (7, 10)]
+    for o, e in zip(outs, exp):
+        torch.testing.assert_close(o, e, rtol=0, atol=1e-5)
