@@ -11,7 +11,8 @@ here subclasses timm's class and extends only where timm refuses:
   (timm's bicubic resampling), GPSA's relative indices are built for the actual H x W grid (cached per size);
   sides that are not multiples of 16 lose their last pixels, as the padding-free patchify conv drops them;
 * ``set_grad_checkpointing`` (per block);
-* ``fused_gpsa=True``: GPSA as ``(1-s) SDPA(q, k, v) + s P v`` with the positional attention ``P`` cached per size;
+* ``fused_gpsa=True``: GPSA as ``(1-s) SDPA(q, k, v) + s P v``, the positional attention ``P`` applied through its
+  two per-axis factors, cached per size (``visionattn.layers.gpsa``);
 * ``forward_intermediates`` / ``features_only`` at any size.
 
 timm's names ``convit_tiny`` / ``convit_small`` / ``convit_base`` are registered again here to build this class:
@@ -45,8 +46,8 @@ class ConVit(TimmConVit):
     """timm's ConViT at any input size; (B, 3, H, W) -> (B, num_classes), H and W >= 32.
 
     Args (beyond timm's ``ConVit``):
-        fused_gpsa: compute GPSA as ``(1-s) SDPA + s P v`` (P cached per size) instead of timm's arithmetic;
-            equal within float rounding, not bit-identical.
+        fused_gpsa: compute GPSA as ``(1-s) SDPA + s P v`` (P as two per-axis factors, cached per size) instead of
+            timm's arithmetic; equal within float rounding, not bit-identical.
     """
 
     def __init__(self, *args, fused_gpsa: bool = False, device=None, dtype=None, **kwargs):
