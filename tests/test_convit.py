@@ -310,3 +310,16 @@ def test_fused_gpsa_exports_to_onnx(tmp_path):
     assert len(report.paths) == 2
     assert {c.input_size for c in report.checks} == {(3, 64, 64), (3, 80, 48)}
     assert all(c.ok and c.max_abs_err < 1e-4 and c.max_ref_abs > 0 for c in report.checks)
+
+
+def test_relative_indices_are_one_tensor_per_size_shared_by_the_layers():
+    model, _ = _pair()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 64))
+    rels = [b.attn.rel_indices for b in model.blocks[: model.local_up_to_layer]]
+    assert all(r is rels[0] for r in rels) and rels[0].shape == (1, 24, 24, 3)
+    assert torch.equal(rels[0], grid_rel_indices(6, 4, torch.device("cpu"), torch.float32))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 96))  # same token count, transposed grid: new indices
+    assert model.blocks[0].attn.rel_grid == (4, 6)
+    assert torch.equal(model.blocks[9].attn.rel_indices, grid_rel_indices(4, 6, torch.device("cpu"), torch.float32))

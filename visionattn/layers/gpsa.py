@@ -3,7 +3,7 @@
 timm's ``GPSA`` takes (B, N, C) tokens and builds its relative indices for a square ``sqrt(N)`` grid, which is
 why timm's ConViT runs at 224 only. :class:`GridGPSA` is timm's module (same parameters, same ``get_attention``)
 fed (B, H, W, C) maps: the relative indices are built for the actual H x W grid (non-square too), shared by every
-layer through a small per-size cache.
+layer through a per-size cache.
 
 Two ways to compute the same attention:
 
@@ -19,7 +19,7 @@ Two ways to compute the same attention:
 """
 
 # No `from __future__ import annotations`: TorchScript compiles this module's classes from their annotations.
-from collections import OrderedDict
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,9 @@ def grid_rel_indices(height: int, width: int, device: torch.device, dtype: torch
     return rel.to(device=device, dtype=dtype)
 
 
-# Every GPSA layer of a model uses the same indices: one tensor per (size, device, dtype), the last few sizes kept.
-_REL_CACHE: "OrderedDict[tuple[int, int, str, str], torch.Tensor]" = OrderedDict()
-_REL_CACHE_SIZE = 4
+# Every GPSA layer of a model uses the same indices: one tensor per (size, device, dtype), held weakly, so that it
+# lives as long as a layer uses it (an (N, N, 3) tensor is 200 MB at N = 4150, a 800 x 1333 input).
+_REL_CACHE: "weakref.WeakValueDictionary[tuple[int, int, str, str], torch.Tensor]" = weakref.WeakValueDictionary()
 
 
 def _cached_rel_indices(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -54,10 +54,6 @@ def _cached_rel_indices(height: int, width: int, device: torch.device, dtype: to
     if rel is None:
         rel = grid_rel_indices(height, width, device, dtype)
         _REL_CACHE[key] = rel
-        while len(_REL_CACHE) > _REL_CACHE_SIZE:
-            _REL_CACHE.popitem(last=False)
-    else:
-        _REL_CACHE.move_to_end(key)
     return rel
 
 
