@@ -183,7 +183,7 @@ HALO_ATTN = register_op(
 
 # ----------------------------------------------------------------------------------------------------------
 # sparse_attn: each of height x width patch queries attends to its own ceil(keep * N) keys among the N =
-# prefix + height x width tokens (Sparsifiner's patch rows; the class row is dense and not part of the op).
+# prefix + height x width tokens (a ViT's patch rows picking their keys; prefix: the class token's column).
 
 
 def _sparse_shape(case: KernelCase) -> tuple[int, int]:
