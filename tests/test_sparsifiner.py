@@ -233,3 +233,26 @@ def test_onnx_graph_selects_with_topk_and_builds_no_dense_mask(tmp_path):
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}
         assert "TopK" in ops and "Gather" in ops
         assert not ops & {"ScatterElements", "ScatterND", "Scatter"}, ops
+
+
+def test_official_training_save_loads(tmp_path):
+    """An official training save: the weights under 'model' beside the optimizer state, the epoch and the
+    argparse Namespace of the run (utils.save_model); only the weights are taken, safely."""
+    import argparse
+
+    state = torch.load(FIXTURES / "sparsifiner_deit_reduced_official.pth", weights_only=True)["model"]
+    save = {
+        "model": state,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+        "epoch": 49,
+        "scaler": {"scale": 65536.0},
+        "args": argparse.Namespace(model="sparsifiner", output_dir="out"),
+    }
+    path = tmp_path / "checkpoint-49.pth"
+    torch.save(save, path)
+    model = visionattn.create_model(
+        "sparsifiner_deit_small", pretrained=True, num_classes=10, embed_dim=64, depth=2, num_heads=2,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
+    )  # fmt: skip
+    for key, value in state.items():
+        torch.testing.assert_close(model.state_dict()[key], value.to(model.state_dict()[key].dtype))
