@@ -80,7 +80,7 @@ def _default_hw(name: str) -> tuple[int, int]:
 def _hw(name: str, h: int, w: int | None = None) -> tuple[int, int]:
     """timm's test size ``h x w`` moved onto the family's size rule (the cfg size for fixed-size families)."""
     family = _family(name)
-    if family.fixed_input_size:
+    if family.is_fixed(name):
         return _default_hw(name)
     return family.fit_size(h), family.fit_size(h if w is None else w)
 
@@ -215,7 +215,7 @@ def test_size_rule_below_minimum(name):
     """The record's size rule is the model's: its smallest size works, a side below it or off the multiple raises
     the clear ValueError (not a convolution's RuntimeError)."""
     family = _family(name)
-    if family.fixed_input_size:
+    if family.is_fixed(name):
         h, w = _default_hw(name)
         bad = [(h + 1, w), (h, w - 1)]
     else:
@@ -309,7 +309,7 @@ def test_torchscript(name):
         with torch.no_grad():
             torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
     family = _family(name)
-    if not family.fixed_input_size and family.fit_size(1) > 1:
+    if not family.is_fixed(name) and family.fit_size(1) > 1:
         side = family.fit_size(1) - 1
         with pytest.raises(Exception, match=rf"{side}x{side}"):
             scripted(torch.randn(1, 3, side, side))
@@ -646,11 +646,11 @@ def test_default_cfg(name):
     c, h, w = cfg["input_size"]
     assert c == 3 == model.in_chans
     assert family.accepts(h, w), f"default input {h}x{w} breaks the record's size rule"
-    assert bool(cfg.get("fixed_input_size", False)) == family.fixed_input_size
+    assert bool(cfg.get("fixed_input_size", False)) == family.is_fixed(name)
     if cfg.get("min_input_size"):
         mh, mw = cfg["min_input_size"][1:]
         # timm's tests run at max(target, min_input_size): that size must be one the model takes
-        assert family.fixed_input_size or (mh, mw) == (family.fit_size(mh), family.fit_size(mw)), cfg["min_input_size"]
+        assert family.is_fixed(name) or (mh, mw) == (family.fit_size(mh), family.fit_size(mw)), cfg["min_input_size"]
     assert len(cfg["mean"]) == len(cfg["std"]) == 3 and all(0 < s < 1 for s in cfg["std"])
     assert 0 < cfg["crop_pct"] <= 1
     assert cfg["interpolation"] in ("bilinear", "bicubic", "nearest")

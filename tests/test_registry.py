@@ -143,3 +143,14 @@ def test_shared_code_names_no_family():
         text = path.read_text().lower()
         offenders += [f"{path.relative_to(ROOT)}: {w}" for w in sorted(words) if w.lower() in text]
     assert not offenders, offenders
+
+
+def test_fixed_size_models_are_per_model():
+    """A family may hold models that take only their cfg's size (``fixed_size_models``) beside any-size ones."""
+    base = dict(name="sizes", models=("a_model", "b_model"), params_m={"a_model": 1.0, "b_model": 2.0})
+    fam = _registry.Family(**base, fixed_size_models=["b_model"])
+    assert fam.fixed_size_models == ("b_model",)
+    assert not fam.is_fixed("a_model") and fam.is_fixed("b_model")
+    assert _registry.Family(**base, fixed_input_size=True).is_fixed("a_model")
+    with pytest.raises(ValueError, match=r"fixed_size_models names \['c_model'\]"):
+        _registry.Family(**base, fixed_size_models=("c_model",))

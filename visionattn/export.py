@@ -621,9 +621,14 @@ def export_onnx(
     if dynamic_batch and check_batch == batch:
         raise ValueError(f"check_batch={check_batch} must differ from batch={batch} to test the dynamic batch axis")
     family = _family(model_or_name)
-    if dynamic_size and family is not None and family.fixed_input_size:
+    arch = (
+        model_or_name
+        if isinstance(model_or_name, str)
+        else (getattr(model_or_name, "pretrained_cfg", None) or {}).get("architecture", "")
+    )
+    if dynamic_size and family is not None and family.is_fixed(arch):
         raise ValueError(
-            f"dynamic_size=True: family {family.name!r} only takes its pretrained cfg's input size; export "
+            f"dynamic_size=True: {arch or family.name!r} only takes its pretrained cfg's input size; export "
             f"without dynamic_size"
         )
     if dynamic_size and len(sizes) == 1:

@@ -162,7 +162,9 @@ class Family:
         card: the model card, relative to the repository root.
         min_input_size: smallest input side the models accept.
         input_multiple: input sides must be multiples of this (1: any size above the minimum).
-        fixed_input_size: only the pretrained cfg's ``input_size`` works.
+        fixed_input_size: only the pretrained cfg's ``input_size`` works (every model of the family).
+        fixed_size_models: the models that, unlike the rest of the family, take only their pretrained cfg's
+            ``input_size`` (e.g. a hybrid with a fixed position table); see :meth:`is_fixed`.
         layout: ``"hierarchical"`` (a pyramid of feature maps, strides 4 ... 32) or ``"isotropic"`` (one
             stride throughout, as a plain ViT).
         num_stages: number of entries in ``feature_info``.
@@ -193,6 +195,7 @@ class Family:
     min_input_size: int = 32
     input_multiple: int = 1
     fixed_input_size: bool = False
+    fixed_size_models: tuple[str, ...] = ()
     layout: str = "hierarchical"
     num_stages: int = 4
     feature_fmt: str = "NCHW"
@@ -224,6 +227,10 @@ class Family:
             raise ValueError(f"family {self.name!r}: params_m lacks {missing}; give the card's figure for each model")
         if self.min_input_size < 1 or self.input_multiple < 1:
             raise ValueError(f"family {self.name!r}: min_input_size and input_multiple must be positive")
+        object.__setattr__(self, "fixed_size_models", tuple(self.fixed_size_models))
+        strays = [m for m in self.fixed_size_models if m not in self.models]
+        if strays:
+            raise ValueError(f"family {self.name!r}: fixed_size_models names {strays}, which are not its models")
         object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
         seen = set()
         for ckpt in self.checkpoints:
@@ -246,6 +253,10 @@ class Family:
         return min(height, width) >= self.min_input_size and height % self.input_multiple == 0 == width % (
             self.input_multiple
         )
+
+    def is_fixed(self, model: str) -> bool:
+        """Whether ``model`` (a name of this family) takes only its pretrained cfg's input size."""
+        return self.fixed_input_size or model in self.fixed_size_models
 
     def fit_size(self, side: int) -> int:
         """The smallest input side >= ``side`` that the size rule accepts (fixed-size families: see their cfg)."""

@@ -331,6 +331,8 @@ register_family(
         },
         card="model_cards/halonet.md",
         min_input_size=MIN_INPUT_SIZE,
+        # the BoT hybrids' last stage has a position table for 256x256 (timm's cfgs say fixed_input_size)
+        fixed_size_models=("va_lamhalobotnet50ts_256", "va_halo2botnet50ts_256"),
         layout="hierarchical",
         num_stages=5,
         # H0 at depth 1 per stage and narrower keeps the paper family's blocks (plain and strided halo stages).
