@@ -111,6 +111,15 @@ if _dispatch.HAS_TRITON:
         return pos, ok
 
     @triton.jit
+    def _gather_rows_tile(base, pos, ok, offs_c, c_ok, s_n, s_c):
+        """Rows ``pos`` (BM, BK) of one head's (N, C) map, read in place: (BM, BK, C) float32, 0 where not ``ok``."""
+        return tl.load(
+            base + pos[:, :, None] * s_n + offs_c[None, None, :] * s_c,
+            mask=ok[:, :, None] & c_ok[None, None, :],
+            other=0.0,
+        ).to(tl.float32)
+
+    @triton.jit
     def _sparse_fwd_kernel(
         Q,
         K,
@@ -172,22 +181,14 @@ if _dispatch.HAS_TRITON:
         for j0 in range(0, A + KSEL, BK):
             slot = j0 + tl.arange(0, BK)
             pos, ok = _slot_keys(IDX, idx_row, offs_m, m_ok, slot, A, KSEL, NK)
-            kt = tl.load(
-                k_base + pos[:, :, None] * sk_n + offs_d[None, None, :] * sk_d,
-                mask=ok[:, :, None] & d_ok[None, None, :],
-                other=0.0,
-            ).to(tl.float32)
+            kt = _gather_rows_tile(k_base, pos, ok, offs_d, d_ok, sk_n, sk_d)
             s = tl.sum(q[:, None, :] * kt, 2) * qk_scale
             s = tl.where(ok, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            vt = tl.load(
-                v_base + pos[:, :, None] * sv_n + offs_e[None, None, :] * sv_d,
-                mask=ok[:, :, None] & e_ok[None, None, :],
-                other=0.0,
-            ).to(tl.float32)
+            vt = _gather_rows_tile(v_base, pos, ok, offs_e, e_ok, sv_n, sv_d)
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt, 1)
             m_i = m_new
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
@@ -275,16 +276,8 @@ if _dispatch.HAS_TRITON:
         for j0 in range(0, A + KSEL, BK):
             slot = j0 + tl.arange(0, BK)
             pos, ok = _slot_keys(IDX, idx_row, offs_m, m_ok, slot, A, KSEL, NK)
-            kt = tl.load(
-                k_base + pos[:, :, None] * sk_n + offs_d[None, None, :] * sk_d,
-                mask=ok[:, :, None] & d_ok[None, None, :],
-                other=0.0,
-            ).to(tl.float32)
-            vt = tl.load(
-                v_base + pos[:, :, None] * sv_n + offs_e[None, None, :] * sv_d,
-                mask=ok[:, :, None] & e_ok[None, None, :],
-                other=0.0,
-            ).to(tl.float32)
+            kt = _gather_rows_tile(k_base, pos, ok, offs_d, d_ok, sk_n, sk_d)
+            vt = _gather_rows_tile(v_base, pos, ok, offs_e, e_ok, sv_n, sv_d)
             s = tl.sum(q[:, None, :] * kt, 2) * qk_scale
             p = tl.where(ok, tl.exp2(s - lse2[:, None]), 0.0)
             tl.atomic_add(
