@@ -7,6 +7,7 @@ _base_ = [
     "../_base_/backbones/focalnet_base_lrf.py",
     "../_base_/datasets/coco_instance_ms_crop.py",
     "../_base_/schedules/det_1x.py",
+    "../_base_/schedules/det_adamw_amp.py",
     "../_base_/det_runtime.py",
 ]
 
@@ -20,17 +21,6 @@ model = dict(
     neck=dict(in_channels=_base_.backbone_channels),
 )
 
-optim_wrapper = dict(
-    type="AmpOptimWrapper",
-    optimizer=dict(type="AdamW", lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            "absolute_pos_embed": dict(decay_mult=0.0),
-            "relative_position_bias_table": dict(decay_mult=0.0),
-            "norm": dict(decay_mult=0.0),
-        }
-    ),
-)
 train_cfg = dict(max_epochs=36)
 
 param_scheduler = [
