@@ -137,9 +137,11 @@ class MaskPredictor(nn.Module):
         return out[0], out[1]
 
     def coefficients(self, q: torch.Tensor, k: torch.Tensor, proj_n: torch.Tensor) -> torch.Tensor:
-        """Basis coefficients of the patch queries: (B, heads, N-1, K), each row a softmax."""
-        qc = self.proj_c_q(q[:, :, 1:])  # (B, heads, N-1, c): the class query is not predicted
-        kc = self.proj_c_k(k).transpose(-1, -2) @ proj_n  # (B, heads, c, K)
+        """Basis coefficients of the patch queries: (B, heads, N-1, K), each row a softmax, computed in the dtype
+        of ``proj_n`` (the projections' weights are cast to it)."""
+        dt = proj_n.dtype
+        qc = F.linear(q[:, :, 1:].to(dt), self.proj_c_q.weight.to(dt), self.proj_c_q.bias.to(dt))  # no class row
+        kc = F.linear(k.to(dt), self.proj_c_k.weight.to(dt), self.proj_c_k.bias.to(dt)).transpose(-1, -2) @ proj_n
         return ((qc @ kc) * self.scale).softmax(-1)
 
     def reconstruction(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -154,11 +156,8 @@ class MaskPredictor(nn.Module):
         The scores are computed in ``selection_dtype`` (float64 by default): the selection is a discrete decision
         over values whose gaps can fall below float32 rounding, and in float64 it no longer depends on the
         summation order of the runtime (PyTorch or ONNX Runtime, CPU or GPU, batch size)."""
-        dt = self.selection_dtype
-        proj_n, proj_back_n = (p.to(dt) for p in self.token_params(grid))
-        qc = F.linear(q[:, :, 1:].to(dt), self.proj_c_q.weight.to(dt), self.proj_c_q.bias.to(dt))
-        kc = F.linear(k.to(dt), self.proj_c_k.weight.to(dt), self.proj_c_k.bias.to(dt)).transpose(-1, -2) @ proj_n
-        coef = ((qc @ kc) * self.scale).softmax(-1)  # (B, heads, N-1, K)
+        proj_n, proj_back_n = (p.to(self.selection_dtype) for p in self.token_params(grid))
+        coef = self.coefficients(q, k, proj_n)  # (B, heads, N-1, K)
         top, top_idx = coef.topk(self.coef_topk, dim=-1)
         # the kept coefficients as a dense (.., K) row, built with a one-hot sum (exports without a scatter)
         one_hot = top_idx.unsqueeze(-1) == torch.arange(coef.shape[-1], device=coef.device)
