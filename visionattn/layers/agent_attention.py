@@ -47,8 +47,8 @@ def adaptive_pool_matrix(
     end = torch.div((rows + 1) * in_size + out_size - 1, out_size, rounding_mode="floor")
     cols = torch.arange(in_size, device=device)
     inside = (cols[None, :] >= start[:, None]) & (cols[None, :] < end[:, None])
-    weight = inside.to(torch.float32) / (end - start).to(torch.float32)[:, None]
-    return weight.to(dtype if dtype is not None else torch.float32)
+    dtype = dtype if dtype is not None else torch.float32
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
 
 
 @register_notrace_function
