@@ -19,9 +19,14 @@ import torch.nn as nn
 import torchvision
 
 import visionattn
-from visionattn.layers.deform import DeformConv2dPack, DeformTokenMerge, deform_conv2d_grid_sample
-from visionattn.layers.hilo import HiLo, hilo_heads
-from visionattn.models.litv2 import ALPHA_SWEEP, LITv2, checkpoint_filter_fn, offset_paramwise_cfg
+from visionattn.layers.deform import (
+    DeformConv2dPack,
+    DeformTokenMerge,
+    deform_conv2d_gather,
+    deform_conv2d_grid_sample,
+)
+from visionattn.layers.hilo import HiLo, hilo_heads, linear
+from visionattn.models.litv2 import ALPHA_SWEEP, LITv2, checkpoint_filter_fn, dwconv_gelu, offset_paramwise_cfg
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # the official configuration of the fixtures (tests/fixtures/README.md), in our constructor's terms
@@ -289,6 +294,61 @@ def test_grid_sample_form_equals_torchvision(h, w, k, s, p):
     torch.testing.assert_close(out32.double(), ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("h,w,k,s,p", [(8, 8, 2, 2, 0), (7, 5, 3, 1, 1), (9, 6, 2, 2, 0), (1, 1, 2, 2, 1)])
+def test_gather_form_equals_torchvision_forward_and_backward(h, w, k, s, p):
+    x, off, weight, bias = _dcn_case(h * 37 + w, h, w, k, s, p)
+    grad_out = torch.randn(2, 4, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, dtype=torch.float64)
+    results = []
+    for use_gather in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (x, off, weight, bias)]
+        if use_gather:
+            nhwc = leaves[0].permute(0, 2, 3, 1)
+            out = deform_conv2d_gather(nhwc, *leaves[1:], (s, s), (p, p)).permute(0, 3, 1, 2)
+        else:
+            out = torchvision.ops.deform_conv2d(*leaves[:2], leaves[2], leaves[3], stride=s, padding=p)
+        (out * grad_out).sum().backward()
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for ours, ref in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    x32, off32, w32, b32 = (t.float() for t in (x, off, weight, bias))
+    with torch.no_grad():  # the in-place accumulation without autograd
+        out32 = deform_conv2d_gather(x32.permute(0, 2, 3, 1), off32, w32, b32, (s, s), (p, p)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out32.double(), results[0][0], rtol=0, atol=1e-5)
+
+
+def test_linear_equals_f_linear_with_residual_and_gradients():
+    """The oneDNN inner product (float32 CPU) with the bias and a residual fused: values and all gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 24)[:, :, 1:]  # a strided input
+    weight, bias, res = torch.randn(40, 24) * 0.2, torch.randn(40), torch.randn(2, 5, 6, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, weight, bias), nn.functional.linear(x, weight, bias), rtol=0, atol=1e-6)
+        torch.testing.assert_close(linear(x, weight, None, res), res + x @ weight.t(), rtol=0, atol=1e-5)
+    grads = []
+    for fn in (lambda *t: linear(*t), lambda a, w_, b_, r: r + nn.functional.linear(a, w_, b_)):
+        leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias, res)]
+        out = fn(*leaves)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([out.detach()] + [t.grad for t in leaves])
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_dwconv_gelu_equals_conv_then_gelu():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    x = torch.randn(2, 9, 7, 16).permute(0, 3, 1, 2)  # the MLP's channels-last layout
+    with torch.no_grad():
+        ref = nn.functional.gelu(conv(x))
+        torch.testing.assert_close(dwconv_gelu(x, conv.weight, conv.bias), ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(dwconv_gelu(x.contiguous(), conv.weight, conv.bias), ref, rtol=0, atol=1e-6)
+    xg = x.detach().clone().requires_grad_(True)
+    dwconv_gelu(xg, conv.weight, conv.bias).sum().backward()
+    xr = x.detach().clone().requires_grad_(True)
+    nn.functional.gelu(conv(xr)).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=0, atol=1e-6)
+
+
 def test_torchvision_layout_matches_mmcv():
     """mmcv's CPU deformable conv (the layout of the official DCN: channel 2k = dy, 2k + 1 = dx) agrees."""
     mmcv_ops = pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops (tools/install_mmcv.py)")
@@ -298,15 +358,17 @@ def test_torchvision_layout_matches_mmcv():
     torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
 
 
-def test_dtm_forward_backward_both_paths_agree():
+def test_dtm_forward_backward_all_paths_agree():
     torch.manual_seed(0)
     tv = DeformTokenMerge(6, 12, impl="torchvision").double().train()
     nn.init.normal_(tv.dconv.conv_offset.weight, std=0.5)
     gs = DeformTokenMerge(6, 12, impl="grid_sample").double().train()
     gs.load_state_dict(tv.state_dict())
+    ga = DeformTokenMerge(6, 12, impl="gather").double().train()
+    ga.load_state_dict(tv.state_dict())
     x = torch.randn(2, 6, 9, 7, dtype=torch.float64)
     outs, grads = [], []
-    for m in (tv, gs):
+    for m in (tv, gs, ga):
         xi = x.clone().requires_grad_(True)
         y = m(xi)
         assert y.shape == (2, 12, 4, 3)  # odd last row / column dropped
@@ -314,9 +376,10 @@ def test_dtm_forward_backward_both_paths_agree():
         outs.append(y.detach())
         grads.append([xi.grad] + [p.grad.clone() for p in m.parameters()])
         m.zero_grad()
-    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-12)
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    for i in (1, 2):
+        torch.testing.assert_close(outs[i], outs[0], rtol=0, atol=1e-12)
+        for a, b in zip(grads[i], grads[0]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
     assert grads[0][0].abs().sum() > 0 and tv.dconv.conv_offset.weight.grad is None  # zeroed above
     assert all(g.abs().sum() > 0 for g in grads[0])  # offsets, conv, BN all learn
 

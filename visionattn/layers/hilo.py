@@ -23,9 +23,79 @@ code does. Without padding both are the official classification model's computat
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 
-__all__ = ["HiLo", "hilo_heads"]
+__all__ = ["HiLo", "hilo_heads", "linear"]
+
+try:  # oneDNN's fp32 inner product: the same products as F.linear, bias (and a residual) added in its epilogue
+    _ONEDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+except (AttributeError, RuntimeError):
+    _ONEDNN_LINEAR = None
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x @ W.T + b (+ residual) on oneDNN; the backward is F.linear's (two matrix products and a sum)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if residual is None:
+            return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+        return _ONEDNN_LINEAR.binary(x, residual, weight, bias, "add")
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        grad_2d = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.matmul(weight)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_2d.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_2d.sum(0)
+        return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
+
+
+def _onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
+) -> torch.Tensor | None:
+    """oneDNN's result where it applies (float32 on CPU, outside tracing and ONNX export), else None."""
+    if (
+        _ONEDNN_LINEAR is None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or (residual is not None and residual.shape != x.shape[:-1] + weight.shape[:1])
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return None
+    tensors = (x, weight, bias, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _OneDNNLinear.apply(*tensors)
+    if residual is None:
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    return _ONEDNN_LINEAR.binary(x, residual, weight, bias, "add")
+
+
+@register_notrace_function
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``residual + F.linear(x, weight, bias)`` (residual optional, of the output's shape).
+
+    float32 on CPU runs on oneDNN's inner product, which adds the bias and the residual while it writes the
+    output (``F.linear`` writes the broadcast bias first and the residual sum is one more pass); the products are
+    the same. Elsewhere (other dtypes / devices, TorchScript, tracing, ONNX export) it is ``F.linear`` and ``+``.
+    """
+    if not torch.jit.is_scripting():
+        fast = _onednn_linear(x, weight, bias, residual)
+        if fast is not None:
+            return fast
+    out = F.linear(x, weight, bias)
+    return out if residual is None else residual + out
 
 
 def hilo_heads(num_heads: int, alpha: float, window_size: int) -> tuple[int, int]:
@@ -115,7 +185,12 @@ class HiLo(nn.Module):
         nh, nw = hp // ws, wp // ws
         assert self.h_qkv is not None and self.h_proj is not None
         x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        q, k, v = self.h_qkv(x).view(b * nh * nw, ws * ws, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            linear(x, self.h_qkv.weight, self.h_qkv.bias)
+            .view(b * nh * nw, ws * ws, 3, heads, hd)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
         mask: torch.Tensor | None = None
         if self.mask_padding and (hp != height or wp != width):
             valid = torch.ones(height, width, dtype=torch.bool, device=x.device)
@@ -125,7 +200,7 @@ class HiLo(nn.Module):
             mask = mask.expand(b, -1, -1, -1, -1).reshape(b * nh * nw, 1, 1, ws * ws)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._drop(), scale=self.scale)
         out = out.transpose(1, 2).reshape(b, nh, nw, ws, ws, self.h_dim).transpose(2, 3).reshape(b, hp, wp, -1)
-        return self.h_proj(out[:, :height, :width])
+        return linear(out[:, :height, :width], self.h_proj.weight, self.h_proj.bias)
 
     def _lofi(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, Hp, Wp, C) padded map -> (B, H, W, l_dim)."""
@@ -133,7 +208,7 @@ class HiLo(nn.Module):
         heads, hd = self.l_heads, self.head_dim
         assert self.l_q is not None and self.l_kv is not None and self.l_proj is not None
         x_real = x[:, :height, :width]
-        q = self.l_q(x_real).view(b, height * width, heads, hd).transpose(1, 2)
+        q = linear(x_real, self.l_q.weight, self.l_q.bias).view(b, height * width, heads, hd).transpose(1, 2)
         if self.ws > 1:
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws, self.ws)
             if self.mask_padding and (hp != height or wp != width):
@@ -144,9 +219,11 @@ class HiLo(nn.Module):
             kv_in = pooled.flatten(2).transpose(1, 2)
         else:
             kv_in = x_real.reshape(b, height * width, c)
-        k, v = self.l_kv(kv_in).view(b, -1, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = (
+            linear(kv_in, self.l_kv.weight, self.l_kv.bias).view(b, -1, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        )
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self._drop(), scale=self.scale)
-        return self.l_proj(out.transpose(1, 2).reshape(b, height, width, self.l_dim))
+        return linear(out.transpose(1, 2).reshape(b, height, width, self.l_dim), self.l_proj.weight, self.l_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, _ = x.shape

@@ -40,7 +40,7 @@ from timm.models import checkpoint, checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
 from visionattn.layers.deform import DeformTokenMerge
-from visionattn.layers.hilo import HiLo
+from visionattn.layers.hilo import HiLo, linear
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
@@ -89,6 +89,39 @@ class PatchEmbed(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+try:  # oneDNN's convolution with the exact (erf) GELU applied as it writes the output
+    _ONEDNN_CONV_ACT = torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+except (AttributeError, RuntimeError):
+    _ONEDNN_CONV_ACT = None
+
+
+def _onednn_dwconv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    if (
+        _ONEDNN_CONV_ACT is None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return None
+    return _ONEDNN_CONV_ACT(x, weight, bias, [1, 1], [1, 1], [1, 1], x.shape[1], "gelu", [None], "none")
+
+
+@register_notrace_function
+def dwconv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """GELU(3x3 depth-wise conv, padding 1); (B, C, H, W) -> (B, C, H, W).
+
+    Without autograd, float32 on CPU runs as one oneDNN convolution with the GELU fused (one output written
+    instead of two: at 56x56 the MLP's hidden maps are the largest tensors of the model); else conv2d + gelu.
+    """
+    if not torch.jit.is_scripting():
+        fast = _onednn_dwconv_gelu(x, weight, bias)
+        if fast is not None:
+            return fast
+    return F.gelu(F.conv2d(x, weight, bias, 1, 1, 1, x.shape[1]))
+
+
 class DWMlp(nn.Module):
     """fc1 -> 3x3 depth-wise conv -> GELU -> fc2; (B, H, W, C) -> (B, H, W, C)."""
 
@@ -97,14 +130,16 @@ class DWMlp(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.fc1 = nn.Linear(dim, hidden, **dd)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, **dd)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim, **dd)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        x = self.act(self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        return self.drop(self.fc2(self.drop(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (of x's shape) is added to the output by fc2 (without dropout only)."""
+        x = linear(x, self.fc1.weight, self.fc1.bias)
+        x = dwconv_gelu(x.permute(0, 3, 1, 2), self.dwconv.weight, self.dwconv.bias).permute(0, 2, 3, 1)
+        if residual is not None and self.training and self.drop.p > 0:
+            return residual + self.drop(linear(self.drop(x), self.fc2.weight, self.fc2.bias))
+        return self.drop(linear(self.drop(x), self.fc2.weight, self.fc2.bias, residual))
 
 
 class ConvFFNBlock(nn.Module):
@@ -121,6 +156,8 @@ class ConvFFNBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.drop_path, nn.Identity):
+            return self.mlp(self.norm2(x), residual=x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -163,6 +200,8 @@ class HiLoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
+        if isinstance(self.drop_path, nn.Identity):
+            return self.mlp(self.norm2(x), residual=x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -228,7 +267,7 @@ class LITv2(nn.Module):
         qkv_bias: bias in the attention projections.
         qk_scale: attention scale override (default head_dim ** -0.5).
         mask_padding: keep window padding out of HiLo (False: the official dense code's unmasked padding).
-        dtm_impl: deformable-conv path of the DTMs ('auto', 'torchvision', 'grid_sample').
+        dtm_impl: deformable-conv path of the DTMs ('auto', 'torchvision', 'grid_sample', 'gather').
         drop_rate: dropout in the MLPs and before the classifier.
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
