@@ -22,6 +22,7 @@ import visionattn
 from visionattn.layers.aggregated_attention import (
     AggregatedAttention,
     CosineAttention,
+    _interpolated_cpb,
     cpb_index,
     local_key_count,
     pool_matrix,
@@ -103,6 +104,60 @@ def test_official_parity(case):
         torch.testing.assert_close(out, ref[f"stage{i}"], rtol=0, atol=1e-5, msg=f"{case} stage {i}")
     if "logits" in ref:
         torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["interpolation96_100x76", "interpolation96_64x92"])
+def test_official_dense_interpolation_parity(case):
+    """pos_bias='interpolation' reproduces the official dense backbone built with is_extrapolation=False,
+    img_size=96 (bias computed on the 96 px grids, resized bilinearly to larger and smaller maps)."""
+    ref = torch.load(FIXTURES / "transnext_interpolation_outputs.pt", weights_only=True)[case]
+    overlay = dict(file=str(_official("transnext_reduced")), num_classes=10)
+    kwargs = dict(REDUCED, num_classes=10, pos_bias="interpolation", pos_bias_size=96)
+    model = timm.create_model("transnext_micro", pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    with torch.no_grad():
+        stages = model.eval().forward_intermediates(ref["input"].float(), intermediates_only=True)
+    for i, out in enumerate(stages):
+        torch.testing.assert_close(out, ref[f"stage{i}"], rtol=0, atol=1e-5, msg=f"{case} stage {i}")
+
+
+def test_interpolation_at_its_own_size_is_extrapolation():
+    """Resampling to the grid the bias was computed on is the identity: both modes agree at pos_bias_size, and
+    differ elsewhere."""
+    base = TransNeXt(**dict(REDUCED, num_classes=10)).eval()
+    interp = TransNeXt(**dict(REDUCED, num_classes=10), pos_bias="interpolation", pos_bias_size=(96, 64)).eval()
+    weights = checkpoint_filter_fn(torch.load(_official("transnext_reduced"), weights_only=True), base)
+    base.load_state_dict({k: v.float() for k, v in weights.items()})
+    interp.load_state_dict(base.state_dict())
+    torch.manual_seed(0)
+    assert interp.stages[0].blocks[0].attn.pos_bias_size == (24, 16)
+    assert interp.stages[3].blocks[0].attn.pos_bias_size == (3, 2)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 96, 64)
+        torch.testing.assert_close(interp(x), base(x), rtol=0, atol=1e-6)
+        y = torch.randn(1, 3, 80, 112)
+        assert (interp(y) - base(y)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "trained, pool, query, key",
+    [((24, 24), (3, 3), (25, 19), (3, 2)), ((12, 16), (3, 4), (8, 12), (2, 3)), ((5, 4), (5, 4), (7, 3), (7, 3))],
+)
+def test_interpolated_cpb_matches_resizing_the_full_bias(trained, pool, query, key):
+    """The separable interpolation equals the official order: gather the full (heads, trained Nq, trained Nk) bias,
+    resize its key axes, then its query axes (2-D bilinear, half-pixel centres)."""
+    torch.manual_seed(0)
+    layer = AggregatedAttention(16, 2, pretrain_size=(56, 56))
+    for lin in (layer.cpb_fc1, layer.cpb_fc2):
+        nn.init.normal_(lin.bias, std=0.5)
+    table, index = _official_cpb(trained, pool, (56, 56))
+    with torch.no_grad():
+        full = layer.cpb_fc2(layer.cpb_act(layer.cpb_fc1(table))).t()[:, index]  # (heads, Tq, Tk)
+        heads, tq, _ = full.shape
+        full = F.interpolate(full.reshape(heads, tq, *pool), key, mode="bilinear", align_corners=False)
+        full = full.reshape(heads, tq, -1).transpose(1, 2).reshape(heads, -1, *trained)
+        expected = F.interpolate(full, query, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+        got = _interpolated_cpb(layer, trained, pool, query, key, (56, 56), None, torch.float32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_converter_maps_every_official_key():
@@ -268,6 +323,14 @@ def test_bad_inputs_and_arguments_raise():
         AggregatedAttention(16, 3)
     with pytest.raises(ValueError, match="must divide embed_dims"):
         TransNeXt(embed_dims=(16, 32, 32, 48), num_heads=(3, 2, 4, 4))
+    with pytest.raises(ValueError, match="pos_bias='linear' must be 'extrapolation' or 'interpolation'"):
+        TransNeXt(pos_bias="linear")
+    with pytest.raises(ValueError, match="needs pos_bias_size"):
+        TransNeXt(pos_bias="interpolation")
+    with pytest.raises(ValueError, match="pos_bias_size=16 is below 32 px"):
+        TransNeXt(pos_bias="interpolation", pos_bias_size=16)
+    with pytest.raises(ValueError, match="pos_bias='cubic' is not one of"):
+        CosineAttention(16, 2, pos_bias="cubic")
 
 
 # ----------------------------------------------------------------------------------------------------------

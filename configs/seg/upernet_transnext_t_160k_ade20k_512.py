@@ -2,8 +2,9 @@
 # configs/upernet_transnext_tiny_512x512_160k_ade20k_ss.py at DaiShiResearch/TransNeXt@c8a9974, mmseg 0.30.0);
 # reported mIoU 51.1 (51.5 multi-scale + flip). 8 GPUs x 2 images; AdamW lr 6e-5, wd 0.05 (none on query_embedding,
 # relative_pos_bias_local, cpb, temperature, norms); poly decay after a 1500-iteration warm-up; sliding-window test
-# (512 crops, stride 341); drop path 0.4 (hard-coded in the official dense backbone). The official backbone was built
-# with img_size=512, pretrain_size=224, which at 512 crops equals the per-size geometry used here.
+# (512 crops, stride 341); drop path 0.4 (hard-coded in the official dense backbone). The official backbone (img_size=512,
+# pretrain_size=224, is_extrapolation=False) interpolates a bias computed for 512x512 inputs: pos_bias='interpolation'
+# (the same as the default extrapolation on 512 crops; the official multi-scale test differs between the two).
 _base_ = [
     "../_base_/models/upernet.py",
     "../_base_/backbones/transnext_tiny.py",
@@ -15,7 +16,7 @@ _base_ = [
 model = dict(
     backbone=dict(
         _base_.backbone,
-        model_kwargs=dict(drop_path_rate=0.4),
+        model_kwargs=dict(drop_path_rate=0.4, pos_bias="interpolation", pos_bias_size=512),
         init_cfg=dict(type="Pretrained", checkpoint=_base_.backbone_checkpoint),
     ),
     decode_head=dict(in_channels=_base_.backbone_channels, num_classes=150),

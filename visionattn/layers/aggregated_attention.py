@@ -18,7 +18,10 @@ Sizes: the geometry (window key counts, the pooled grid, the CPB coordinate tabl
 from the map size of each call and cached per size, never stored in a buffer. CPB coordinates are normalised by
 the pre-training grid (``pretrain_size``), so a model run at another size computes what the official model
 re-instantiated for that size with ``pretrain_size`` set does. The pooled grid is ``(max(1, H // sr),
-max(1, W // sr))`` or, with ``fixed_pool_size`` (the official "linear inference mode"), a fixed grid.
+max(1, W // sr))`` or, with ``fixed_pool_size`` (the official "linear inference mode"), a fixed grid. That is the
+official dense code's "extrapolation" of the relative position bias; its "interpolation" (``pos_bias=
+"interpolation"``) computes the CPB once at a fixed map size (``pos_bias_size``, the official ``img_size`` per stage)
+and resizes it bilinearly to each call's query and pooled grids.
 """
 
 # No `from __future__ import annotations`: FX writes forward annotations into traced code.
@@ -113,6 +116,71 @@ def _cpb_bias(mod, query_hw, key_hw, pretrain_hw, device, dtype) -> torch.Tensor
     return per_coord.t()[:, index]  # (heads, Nq, Nk)
 
 
+POS_BIAS_MODES = ("extrapolation", "interpolation")
+
+
+def _check_pos_bias(pos_bias: str, pos_bias_size) -> tuple[int, int] | None:
+    if pos_bias not in POS_BIAS_MODES:
+        raise ValueError(f"pos_bias={pos_bias!r} is not one of {POS_BIAS_MODES}")
+    if pos_bias == "extrapolation":
+        return None
+    if pos_bias_size is None:
+        raise ValueError("pos_bias='interpolation' needs pos_bias_size, the map size (H, W) the bias is computed at")
+    size = _pair(pos_bias_size)
+    if min(size) < 1:
+        raise ValueError(f"pos_bias_size={pos_bias_size!r} must be positive; pass a larger interpolation size")
+    return size
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two source taps and weights of each of ``dst`` outputs of 1-D linear resampling from ``src`` (half-pixel
+    centres, torch's own weights, read off ``F.interpolate`` of an identity): (dst, 2) int, (dst, 2) float."""
+    with torch.no_grad():
+        eye = torch.eye(src, dtype=torch.float32)[None]
+        weights = F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].t().numpy()  # (dst, src)
+    taps, tap_w = np.zeros((dst, 2), dtype=np.int64), np.zeros((dst, 2), dtype=np.float32)
+    for i, row in enumerate(weights):
+        nz = np.flatnonzero(row)[:2]
+        taps[i, : len(nz)], tap_w[i, : len(nz)] = nz, row[nz]
+    return taps, tap_w
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_interp(trained_q: int, trained_k: int, pretrain: int, q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of the interpolated CPB: for each (query, key) of the resized grids, the four coordinate indices
+    (into the trained grids' distinct coordinates of ``_axis_cpb``) and weights of the bilinear taps: (q, k, 4)."""
+    _, index = _axis_cpb(trained_q, trained_k, pretrain)
+    qt, qw = _linear_taps(trained_q, q)
+    kt, kw = _linear_taps(trained_k, k)
+    coords = index[qt[:, None, :, None], kt[None, :, None, :]].reshape(q, k, 4)
+    weights = (qw[:, None, :, None] * kw[None, :, None, :]).reshape(q, k, 4)
+    return coords, weights
+
+
+def _interpolated_cpb(mod, trained_q, trained_k, query_hw, key_hw, pretrain_hw, device, dtype) -> torch.Tensor:
+    """The CPB computed on the trained query grid ``trained_q`` x pooled grid ``trained_k`` and resized bilinearly
+    (half-pixel centres) over the key axes to ``key_hw`` and over the query axes to ``query_hw``: (heads, Nq, Nk).
+
+    The official dense code gathers the full (heads, trained Nq, trained Nk) bias and runs two 2-D
+    interpolations over it; resampling is linear and separable per axis, and the trained bias is the MLP over
+    (row offset, column offset) pairs, so here the bilinear taps of each axis are applied to the MLP's table of
+    distinct offset pairs directly (the same weights; equal up to float rounding, no trained-size temporary).
+    """
+    table, _ = cpb_index(trained_q, trained_k, pretrain_hw, device)
+    n_h = len(_axis_cpb(trained_q[0], trained_k[0], pretrain_hw[0])[0])
+    per_coord = mod.cpb_fc2(mod.cpb_act(mod.cpb_fc1(table.to(dtype))))  # (n_h * n_w, heads)
+    grid = per_coord.t().reshape(per_coord.shape[1], n_h, -1)  # (heads, n_h, n_w)
+    coords_h, w_h = _axis_interp(trained_q[0], trained_k[0], pretrain_hw[0], query_hw[0], key_hw[0])
+    coords_w, w_w = _axis_interp(trained_q[1], trained_k[1], pretrain_hw[1], query_hw[1], key_hw[1])
+    coords_h, coords_w = torch.from_numpy(coords_h).to(device), torch.from_numpy(coords_w).to(device)
+    w_h, w_w = torch.from_numpy(w_h).to(device, dtype), torch.from_numpy(w_w).to(device, dtype)
+    rows = sum(grid[:, coords_h[..., i]] * w_h[..., i, None] for i in range(4))  # (heads, Qh, Kh, n_w)
+    out = sum(rows[..., coords_w[..., j]] * w_w[..., j] for j in range(4))  # (heads, Qh, Kh, Qw, Kw)
+    heads, qh, kh, qw, kw = out.shape
+    return out.permute(0, 1, 3, 2, 4).reshape(heads, qh * qw, kh * kw)
+
+
 def _scaled_query(mod, q: torch.Tensor, log_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, heads, *grid, d) -> (L2-normalised q, (q_norm + query_embedding) * softplus(temperature) * log_len)."""
     shape = (q.shape[1],) + (1,) * (q.dim() - 3)
@@ -133,6 +201,10 @@ class AggregatedAttention(nn.Module):
         window_size: odd side of the sliding window (3 in every official model).
         pretrain_size: the map size (H, W) this layer saw in pre-training; normalises the CPB coordinates.
         fixed_pool_size: pool to this grid whatever the map size (the official linear inference mode).
+        pos_bias: "extrapolation" computes the CPB at each call's map size; "interpolation" computes it at
+            ``pos_bias_size`` (and that size's pooled grid) and resizes it bilinearly to the call's grids (the
+            official dense backbones' two modes of relative position bias).
+        pos_bias_size: the map size (H, W) of this layer at which the interpolated bias is computed.
         qkv_bias: bias in the q / kv projections.
         proj_drop: dropout after the output projection.
         backend: kernel path of :func:`visionattn.kernels.na2d` (None: ``VISIONATTN_KERNELS`` / device).
@@ -146,6 +218,8 @@ class AggregatedAttention(nn.Module):
         window_size: int = 3,
         pretrain_size=(56, 56),
         fixed_pool_size: int | None = None,
+        pos_bias: str = "extrapolation",
+        pos_bias_size=None,
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         backend: str | None = None,
@@ -170,6 +244,8 @@ class AggregatedAttention(nn.Module):
         self.local_len = window_size**2
         self.pretrain_size = _pair(pretrain_size)
         self.fixed_pool_size = fixed_pool_size
+        self.pos_bias = pos_bias
+        self.pos_bias_size = _check_pos_bias(pos_bias, pos_bias_size)
         self.backend = backend
 
         self.temperature = nn.Parameter(torch.empty(num_heads, 1, 1, **dd))
@@ -234,7 +310,11 @@ class AggregatedAttention(nn.Module):
         kv_pool = self.kv(pooled).view(b, ph * pw, 2, heads, d).permute(2, 0, 3, 1, 4)
         k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]
 
-        bias = _cpb_bias(self, (h, w), (ph, pw), self.pretrain_size, dev, x.dtype)
+        if self.pos_bias_size is None:
+            bias = _cpb_bias(self, (h, w), (ph, pw), self.pretrain_size, dev, x.dtype)
+        else:
+            trained, trained_pool = self.pos_bias_size, self.pool_size(*self.pos_bias_size)
+            bias = _interpolated_cpb(self, trained, trained_pool, (h, w), (ph, pw), self.pretrain_size, dev, x.dtype)
         out = na2d(
             q_scaled, k_loc, v_loc, k, rpb=self._rpb(), scale=1.0, additional_keys=k_pool, additional_values=v_pool,
             additional_bias=bias.view(1, heads, h, w, ph * pw), border="mask", backend=self.backend,
@@ -254,7 +334,8 @@ class AggregatedAttention(nn.Module):
 
     def extra_repr(self) -> str:
         pool = f"fixed_pool_size={self.fixed_pool_size}" if self.fixed_pool_size else f"sr_ratio={self.sr_ratio}"
-        return f"dim={self.dim}, num_heads={self.num_heads}, {pool}, pretrain_size={self.pretrain_size}"
+        text = f"dim={self.dim}, num_heads={self.num_heads}, {pool}, pretrain_size={self.pretrain_size}"
+        return text + (f", pos_bias=interpolation from {self.pos_bias_size}" if self.pos_bias_size else "")
 
 
 @register_notrace_module
@@ -265,6 +346,9 @@ class CosineAttention(nn.Module):
         dim: channels C.
         num_heads: heads (head dim = dim // num_heads).
         pretrain_size: the map size (H, W) of pre-training; normalises the CPB coordinates.
+        pos_bias: "extrapolation" (the CPB at each call's map size) or "interpolation" (computed at
+            ``pos_bias_size`` and resized bilinearly), as in :class:`AggregatedAttention`.
+        pos_bias_size: the map size (H, W) at which the interpolated bias is computed.
         qkv_bias: bias in the qkv projection.
         attn_drop: dropout on the attention weights.
         proj_drop: dropout after the output projection.
@@ -275,6 +359,8 @@ class CosineAttention(nn.Module):
         dim: int,
         num_heads: int = 8,
         pretrain_size=(7, 7),
+        pos_bias: str = "extrapolation",
+        pos_bias_size=None,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
@@ -289,6 +375,8 @@ class CosineAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.pretrain_size = _pair(pretrain_size)
+        self.pos_bias = pos_bias
+        self.pos_bias_size = _check_pos_bias(pos_bias, pos_bias_size)
         self.temperature = nn.Parameter(torch.empty(num_heads, 1, 1, **dd))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.query_embedding = nn.Parameter(torch.empty(num_heads, 1, self.head_dim, **dd))
@@ -310,7 +398,11 @@ class CosineAttention(nn.Module):
         n = h * w
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         _, q = _scaled_query(self, qkv[0], torch.tensor(math.log(n), dtype=x.dtype, device=x.device))
-        bias = _cpb_bias(self, (h, w), (h, w), self.pretrain_size, x.device, x.dtype)
+        if self.pos_bias_size is None:
+            bias = _cpb_bias(self, (h, w), (h, w), self.pretrain_size, x.device, x.dtype)
+        else:
+            trained = self.pos_bias_size
+            bias = _interpolated_cpb(self, trained, trained, (h, w), (h, w), self.pretrain_size, x.device, x.dtype)
         out = F.scaled_dot_product_attention(
             q,
             F.normalize(qkv[1], dim=-1),

@@ -8,8 +8,10 @@ Differences from the official code: inputs of any size from 32 px, square or not
 model runs at its construction size only). The geometry of every attention layer (window key counts, pooled grid,
 position-bias coordinates) follows the map size of each call, normalised by ``pretrain_size``: at the native size
 the model is the official one, at another size it is the official model re-instantiated for that size with
-``pretrain_size`` set (the official multi-scale recipe, which its dense code calls extrapolation). A pooled grid
-never drops below 1 x 1 (the official code fails there). Aggregated attention runs through
+``pretrain_size`` set (the official multi-scale recipe, which its dense code calls extrapolation of the relative
+position bias). ``pos_bias="interpolation"`` is the official dense code's other mode (``is_extrapolation=False``):
+the bias is computed for inputs of ``pos_bias_size`` (its ``img_size``) and resized bilinearly to each input. A
+pooled grid never drops below 1 x 1 (the official code fails there). Aggregated attention runs through
 ``visionattn.kernels.na2d`` (no unfold, no ``torch.unique``), a working ``reset_classifier``, timm's feature /
 intermediate / grad-checkpointing API.
 """
@@ -78,6 +80,8 @@ class TransNeXtBlock(nn.Module):
         window_size: int,
         pretrain_size: tuple[int, int],
         fixed_pool_size: int | None = None,
+        pos_bias: str = "extrapolation",
+        pos_bias_size: tuple[int, int] | None = None,
         drop_path: float = 0.0,
         attn_backend: str | None = None,
         device=None,
@@ -85,9 +89,10 @@ class TransNeXtBlock(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        bias = dict(pos_bias=pos_bias, pos_bias_size=pos_bias_size)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         if sr_ratio == 1:
-            self.attn = CosineAttention(dim, num_heads, pretrain_size=pretrain_size, **dd)
+            self.attn = CosineAttention(dim, num_heads, pretrain_size=pretrain_size, **bias, **dd)
         else:
             self.attn = AggregatedAttention(
                 dim,
@@ -97,6 +102,7 @@ class TransNeXtBlock(nn.Module):
                 pretrain_size=pretrain_size,
                 fixed_pool_size=fixed_pool_size,
                 backend=attn_backend,
+                **bias,
                 **dd,
             )
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -198,6 +204,11 @@ class TransNeXt(nn.Module):
             for the ImageNet models and their 384 fine-tunes, 256 for micro_aaaa).
         fixed_pool_size: pool every aggregated attention to this grid (official linear inference mode; None:
             the map divided by sr_ratio).
+        pos_bias: the official dense backbones' two modes of relative position bias: "extrapolation" (default)
+            computes it at each input's size; "interpolation" computes it for an input of ``pos_bias_size`` and
+            resizes it bilinearly to each input (the official ``is_extrapolation=False`` with ``img_size``).
+        pos_bias_size: input size (int or (H, W), >= 32) of the interpolation mode (the official dense
+            ``img_size``: 800 for COCO, 512 for ADE20K).
         attn_backend: kernel path of the aggregated attention (None: ``VISIONATTN_KERNELS`` / device).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
@@ -216,6 +227,8 @@ class TransNeXt(nn.Module):
         window_size: int = 3,
         pretrain_size: int | tuple[int, int] = 224,
         fixed_pool_size: int | None = None,
+        pos_bias: str = "extrapolation",
+        pos_bias_size: int | tuple[int, int] | None = None,
         attn_backend: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -230,6 +243,17 @@ class TransNeXt(nn.Module):
             if dim % heads:
                 raise ValueError(f"num_heads={num_heads} must divide embed_dims={embed_dims} stage by stage")
         ph, pw = pretrain_size if isinstance(pretrain_size, (tuple, list)) else (pretrain_size, pretrain_size)
+        if pos_bias not in ("extrapolation", "interpolation"):
+            raise ValueError(f"pos_bias={pos_bias!r} must be 'extrapolation' or 'interpolation'")
+        if pos_bias == "interpolation":
+            if pos_bias_size is None:
+                raise ValueError(
+                    "pos_bias='interpolation' needs pos_bias_size, the input size the position bias is computed "
+                    "for (the official dense img_size, e.g. 800 for COCO, 512 for ADE20K)"
+                )
+            bh, bw = pos_bias_size if isinstance(pos_bias_size, (tuple, list)) else (pos_bias_size, pos_bias_size)
+            if min(bh, bw) < MIN_INPUT_SIZE:
+                raise ValueError(f"pos_bias_size={pos_bias_size!r} is below {MIN_INPUT_SIZE} px; pass a larger size")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.embed_dims = embed_dims
@@ -255,6 +279,8 @@ class TransNeXt(nn.Module):
                     window_size=window_size,
                     pretrain_size=(ph // 2 ** (i + 2), pw // 2 ** (i + 2)),
                     fixed_pool_size=fixed_pool_size,
+                    pos_bias=pos_bias,
+                    pos_bias_size=(bh // 2 ** (i + 2), bw // 2 ** (i + 2)) if pos_bias == "interpolation" else None,
                     attn_backend=attn_backend,
                     **dd,
                 )
