@@ -638,7 +638,10 @@ def test_config_builds_and_predicts(path):
     assert isinstance(backbone, VisionAttnBackbone)
     assert timm.is_model(backbone.model_name)
     if scope == "mmdet":
-        batch = _det_batch(with_mask=False)
+        # a two-stage DETR (DINO) proposes num_queries boxes out of the encoder's tokens: 256 px give 4 scales
+        # of strides 8-64 1,360 tokens (64 px: 85), enough for DINO's 900
+        side = 256 if cfg.model.get("as_two_stage") else 64
+        batch = _det_batch(with_mask=False, hw=(side, side))
         for s in batch["data_samples"]:
             del s.gt_instances
     else:
