@@ -1,0 +1,11 @@
+# Agent-DeiT-B (87.2 M parameters; agent attention (81 agents) in the first 4 of 12 blocks) as a VisionAttnBackbone.
+# An isotropic ViT (one 768-channel map at stride 16): the family record (layout "isotropic") gives it the adapter's
+# simple feature pyramid, four 256-channel maps at strides 4/8/16/32 from the last block's map, which gets a
+# LayerNorm2d first (the record's dense recipe; DeiT has no official dense code). The agent biases are resized to each
+# input's grid in every forward. A leaf config adds what its data needs:
+#   model = dict(backbone=dict(_base_.backbone, model_kwargs=dict(drop_path_rate=0.1)), neck=dict(in_channels=_base_.backbone_channels))
+backbone = dict(type="VisionAttnBackbone", model_name="agent_deit_base", model_kwargs=dict())
+backbone_channels = [256, 256, 256, 256]
+# the official ImageNet-1k weights (https://cloud.tsinghua.edu.cn/f/5115f15fdd7e4ab58fbc/?dl=1, converted on load):
+#   init_cfg=dict(type='Pretrained', checkpoint=_base_.backbone_checkpoint)
+backbone_checkpoint = "checkpoints/agent_deit_base_in1k.pth"
