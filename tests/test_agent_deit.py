@@ -275,3 +275,30 @@ def test_mask_rcnn_shapes_config_trains_and_validates(tmp_path):
     assert sorted(moved) == sorted(first_agent)
     metrics = runner.message_hub.get_scalar("val/coco/segm_mAP").data[0]
     assert len(metrics) == 1 and metrics[0] >= 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ONNX: every variant's layout at its native size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, kwargs, size, extra",
+    [
+        ("agent_deit_tiny", {}, 224, [(3, 200, 152)]),  # the full model, and a non-square size it pads
+        ("agent_deit_small", dict(embed_dim=48), 224, []),  # 6 heads, 49 agents from 14 x 14
+        ("agent_deit_base", dict(embed_dim=48), 224, []),  # 12 heads, 81 agents in 4 blocks, 8 plain blocks
+        ("agent_deit_small_448", dict(embed_dim=48), 448, []),  # 28 x 28 grid, 49 agents
+    ],
+)
+def test_every_variant_exports_at_its_native_size(tmp_path, name, kwargs, size, extra):
+    """Each variant (full width for T; the others' layout, agent count and bias grid at width 48) exports to ONNX at
+    its native size and matches onnxruntime within 1e-4 (batch 1 and 2)."""
+    pytest.importorskip("onnxruntime")
+    from visionattn.export import export_onnx
+
+    report = export_onnx(
+        name, tmp_path / "m.onnx", (3, size, size), batch=1, check_batch=2, extra_sizes=extra, model_kwargs=kwargs
+    )
+    assert [c.input_size for c in report.checks] == [s for s in [(3, size, size), *extra] for _ in (1, 2)]
+    assert all(c.ok and c.max_abs_err <= 1e-4 for c in report.checks), [c.max_abs_err for c in report.checks]
