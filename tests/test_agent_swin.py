@@ -240,3 +240,42 @@ def test_onnx_full_tiny_native_and_second_size(tmp_path):
     assert len(report.paths) == 2
     assert sorted({tuple(c.input_size) for c in report.checks}) == [(3, 224, 224), (3, 256, 192)]
     assert all(c.ok for c in report.checks)
+
+
+def test_training_save_with_yacs_config_loads_through_pretrained(tmp_path, official):
+    """The official release format ({'model', 'optimizer', 'lr_scheduler', 'max_accuracy', 'epoch', 'config'}, the
+    config a pickled yacs CfgNode) through ``pretrained=True`` and a local file: nothing unpickled beyond tensors and
+    the config as a plain dict, keys converted, the official logits reproduced."""
+    import sys
+    import types
+
+    weights, outputs = official
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.__dict__["__immutable__"] = False
+            self.__dict__["__deprecated_keys__"] = set()
+
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    config.CfgNode, yacs.config = CfgNode, config
+    saved = dict(sys.modules)
+    sys.modules.update({"yacs": yacs, "yacs.config": config})
+    try:
+        cfg = CfgNode(MODEL=CfgNode(TYPE="agent_swin", AGENT=CfgNode(ATTN_TYPE="AAMB1", NUM="9-16-49-49")))
+        save = {"model": weights, "optimizer": {"state": {}}, "lr_scheduler": {}, "max_accuracy": 82.6}
+        path = tmp_path / "agent_swin_t_max_acc.pth"
+        torch.save({**save, "epoch": 299, "config": cfg}, path)
+    finally:
+        sys.modules.clear()
+        sys.modules.update(saved)
+    assert "yacs.config" not in sys.modules
+    kwargs = {k: v for k, v in REDUCED.items() if k != "num_classes"}
+    model = timm.create_model(
+        "agent_swin_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10), **kwargs
+    ).eval()
+    assert "yacs.config" not in sys.modules
+    with torch.no_grad():
+        logits = model(fixture_input(224, 224).float())
+    torch.testing.assert_close(logits.double(), outputs["logits"], rtol=0, atol=1e-5)
