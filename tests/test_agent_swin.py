@@ -229,19 +229,6 @@ def test_b_blocks_at_another_size_follow_timm():
         torch.testing.assert_close(ours(x), ref(x))
 
 
-@pytest.mark.slow
-def test_onnx_full_tiny_native_and_second_size(tmp_path):
-    """Agent-Swin-T at full size exports at 224 (agents pooled 56 -> 3, no adaptive pooling op) and at 256x192,
-    onnxruntime within 1e-4 of eager at both (the check runs inside export_onnx and raises on a mismatch)."""
-    pytest.importorskip("onnxruntime")
-    from visionattn.export import export_onnx
-
-    report = export_onnx("agent_swin_tiny", tmp_path / "t.onnx", (3, 224, 224), batch=1, extra_sizes=[(3, 256, 192)])
-    assert len(report.paths) == 2
-    assert sorted({tuple(c.input_size) for c in report.checks}) == [(3, 224, 224), (3, 256, 192)]
-    assert all(c.ok for c in report.checks)
-
-
 def test_training_save_with_yacs_config_loads_through_pretrained(tmp_path, official):
     """The official release format ({'model', 'optimizer', 'lr_scheduler', 'max_accuracy', 'epoch', 'config'}, the
     config a pickled yacs CfgNode) through ``pretrained=True`` and a local file: nothing unpickled beyond tensors and
