@@ -308,3 +308,26 @@ def test_bad_arguments_raise():
         AgentCSWin(img_size=16)
     with pytest.raises(ValueError, match=r"input 31x64"):
         AgentCSWin(**REDUCED)(torch.randn(1, 3, 31, 64))
+
+
+def test_dense_backbone_norms_each_stage_output():
+    """Through the shared adapter: the four stage maps of the classification model, each LayerNorm-ed over channels
+    (eps 1e-5, CSWin's segmentation backbone), at a non-square size."""
+    pytest.importorskip("mmengine")
+    from visionattn.dense.backbone import VisionAttnBackbone
+
+    kwargs = {k: v for k, v in REDUCED.items() if k != "num_classes"}
+    backbone = VisionAttnBackbone("agent_cswin_tiny", model_kwargs=kwargs).eval()
+    model = AgentCSWin(**kwargs, num_classes=0).eval()
+    # the trunk is timm's FeatureListNet, whose flattened stages are named stages_{i}
+    trunk = {k.replace("stages_", "stages.", 1): v for k, v in backbone.trunk.state_dict().items()}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert sorted(missing) == ["norm.bias", "norm.weight"] and not unexpected  # the final norm is not a trunk part
+    x = torch.randn(1, 3, 100, 76)
+    with torch.no_grad():
+        outs = backbone(x)
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    assert len(outs) == 4
+    for out, ref in zip(outs, maps):
+        ref = F.layer_norm(ref.permute(0, 2, 3, 1), ref.shape[1:2], eps=1e-5).permute(0, 3, 1, 2)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
