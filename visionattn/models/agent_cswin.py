@@ -431,10 +431,6 @@ class AgentCSWin(nn.Module):
             nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
-    def no_weight_decay_keywords(self) -> set[str]:
-        return {"an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias"}
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
             stem=r"^stem",
@@ -528,9 +524,6 @@ class AgentCSWin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-_AGENT_BIASES = ("an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias")
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
