@@ -329,6 +329,10 @@ def test_bad_inputs_and_arguments_raise():
         TransNeXt(pos_bias="interpolation")
     with pytest.raises(ValueError, match="pos_bias_size=16 is below 32 px"):
         TransNeXt(pos_bias="interpolation", pos_bias_size=16)
+    with pytest.raises(ValueError, match=r"pos_bias_size=\(800, 800, 3\) must be an int or an \(H, W\) pair"):
+        TransNeXt(pos_bias="interpolation", pos_bias_size=(800, 800, 3))
+    with pytest.raises(TypeError, match="pos_bias_size=800.0 must be an int"):
+        TransNeXt(pos_bias="interpolation", pos_bias_size=800.0)
     with pytest.raises(ValueError, match="pos_bias='cubic' is not one of"):
         CosineAttention(16, 2, pos_bias="cubic")
 

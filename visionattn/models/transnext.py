@@ -251,7 +251,11 @@ class TransNeXt(nn.Module):
                     "pos_bias='interpolation' needs pos_bias_size, the input size the position bias is computed "
                     "for (the official dense img_size, e.g. 800 for COCO, 512 for ADE20K)"
                 )
+            if isinstance(pos_bias_size, (tuple, list)) and len(pos_bias_size) != 2:
+                raise ValueError(f"pos_bias_size={pos_bias_size!r} must be an int or an (H, W) pair")
             bh, bw = pos_bias_size if isinstance(pos_bias_size, (tuple, list)) else (pos_bias_size, pos_bias_size)
+            if not all(isinstance(v, int) for v in (bh, bw)):
+                raise TypeError(f"pos_bias_size={pos_bias_size!r} must be an int or an (H, W) pair of ints")
             if min(bh, bw) < MIN_INPUT_SIZE:
                 raise ValueError(f"pos_bias_size={pos_bias_size!r} is below {MIN_INPUT_SIZE} px; pass a larger size")
         self.num_classes = num_classes
