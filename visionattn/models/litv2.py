@@ -72,8 +72,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
+@register_notrace_function
+def patch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A k x k stride-k conv as one matrix product over the patches; (B, C, H, W) -> (B, H/k, W/k, C_out).
+
+    H, W must be multiples of k. The patches are rearranged channel-major like the conv weight (one copy of the
+    image); the output is channels-last, the layout the LayerNorm and the blocks after it want.
+    """
+    b, c, h, w = x.shape
+    out_chs, k = weight.shape[0], weight.shape[-1]
+    patches = x.reshape(b, c, h // k, k, w // k, k).permute(0, 2, 4, 1, 3, 5).reshape(b, h // k, w // k, c * k * k)
+    return linear(patches, weight.reshape(out_chs, c * k * k), bias)
+
+
 class PatchEmbed(nn.Module):
-    """Input check, zero padding to a multiple of 4, 4x4 stride-4 conv, LayerNorm; (B, 3, H, W) -> (B, C, H/4, W/4)."""
+    """Input check, zero padding to a multiple of 4, 4x4 stride-4 conv (as one matrix product over the patches),
+    LayerNorm; (B, 3, H, W) -> (B, C, H/4, W/4) (channels-last memory)."""
 
     def __init__(self, in_chs: int, embed_dim: int, min_input_size: int = MIN_INPUT_SIZE, device=None, dtype=None):
         super().__init__()
@@ -85,8 +99,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input_size(x, self.min_input_size)
-        x = self.proj(pad_to_multiple(x, self.patch_size))
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = patch_linear(pad_to_multiple(x, self.patch_size), self.proj.weight, self.proj.bias)
+        return self.norm(x).permute(0, 3, 1, 2)
 
 
 try:  # oneDNN's convolution with the exact (erf) GELU applied as it writes the output
