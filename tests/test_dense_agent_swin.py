@@ -121,3 +121,30 @@ def test_cascade_heads_are_the_swin_recipe():
         assert h.loss_bbox == dict(type="GIoULoss", loss_weight=10.0) and h.reg_decoded_bbox
         assert h.norm_cfg.type == "SyncBN"
     assert [s.assigner.pos_iou_thr for s in model.train_cfg.rcnn] == [0.5, 0.6, 0.7]
+
+
+def test_official_dense_checkpoint_converts_and_matches():
+    """An official mmdet 2.x checkpoint ({'state_dict': backbone.* in the official layout + backbone.norm{i}, neck
+    and head keys}) -> convert_dense_checkpoint -> a strict load into VisionAttnBackbone -> the official dense maps."""
+    from visionattn.models.agent_swin import convert_dense_checkpoint
+
+    ref = torch.load(FIXTURES / "agent_swin_reduced_outputs.pt", weights_only=True)
+    weights = torch.load(FIXTURES / "agent_swin_reduced_official.pth", weights_only=True)["model"]
+    state = {"backbone." + k: v.float() for k, v in weights.items() if not k.startswith(("head.", "norm."))}
+    neck = torch.randn(256, 8, 1, 1)
+    state["neck.lateral_convs.0.conv.weight"] = neck
+    converted = convert_dense_checkpoint({"state_dict": state, "meta": {"epoch": 12}})
+    assert converted["neck.lateral_convs.0.conv.weight"] is neck
+    b = VisionAttnBackbone("agent_swin_tiny", dict(TRUNK))
+    own = {k[len("backbone.") :]: v for k, v in converted.items() if k.startswith("backbone.")}
+    b.load_state_dict(own, strict=True)
+    b.eval()
+    x = fixture_input(224, 224).float()
+    with torch.no_grad():
+        outs = b(torch.cat([x, x.flip(-1)], dim=-1))
+    for i, o in enumerate(outs):
+        torch.testing.assert_close(o[:, :, ::2, ::2], ref[f"dense_stage{i}"], rtol=0, atol=1e-5, msg=f"map {i}")
+    with pytest.raises(ValueError, match="already in visionattn's layout"):
+        convert_dense_checkpoint(converted)
+    with pytest.raises(ValueError, match="prefix"):
+        convert_dense_checkpoint({"state_dict": {"neck.x": neck}})

@@ -55,6 +55,7 @@ from visionattn.pretrained import build_model, generate_default_cfgs
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = [
+    "convert_dense_checkpoint",
     "AgentSwinTransformer",
     "AgentSwinBlock",
     "WindowBlock",
@@ -560,6 +561,40 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return out
 
 
+def convert_dense_checkpoint(checkpoint: dict, prefix: str = "backbone.") -> dict:
+    """An official Agent-Swin detection / segmentation checkpoint -> the state_dict of our detector / segmentor.
+
+    The official dense code (mmdet 2.25 / mmseg 0.28) saves ``{'state_dict': {...}, 'meta': ...}`` whose backbone keys
+    are the classification layout (``backbone.layers.*``, downsampling at the end of a stage) plus one LayerNorm per
+    output (``backbone.norm{i}``). Our models hold ``VisionAttnBackbone('agent_swin_*')``: the ``features_only`` trunk
+    under ``backbone.trunk.`` (stage i as ``layers_{i}``) and the output norms under ``backbone.out_norms.{i}``. The
+    backbone keys go through :func:`checkpoint_filter_fn`; every other key (FPN, RPN / RoI heads, UPerHead, FCNHead:
+    names kept by mmdet 3.x / mmseg 1.x) is passed on unchanged.
+    """
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise TypeError(f"checkpoint must be a state_dict or {{'state_dict': ...}}, got {type(checkpoint).__name__}")
+    backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not backbone:
+        raise ValueError(
+            f"no key of the checkpoint starts with prefix={prefix!r} (first keys: {list(state)[:3]}); pass the "
+            "prefix the official model used for its backbone"
+        )
+    if any(k.startswith(("trunk.", "out_norms.")) for k in backbone):
+        raise ValueError(f"the checkpoint's {prefix}* keys are already in visionattn's layout; load it as it is")
+    out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    trunk = {}
+    for key, value in backbone.items():
+        m = re.match(r"norm(\d+)\.(weight|bias)$", key)
+        if m:
+            out[f"{prefix}out_norms.{m[1]}.{m[2]}"] = value
+        else:
+            trunk[key] = value
+    for key, value in checkpoint_filter_fn(trunk, None).items():
+        out[prefix + "trunk." + re.sub(r"^layers\.(\d+)\.", r"layers_\1.", key)] = value
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # configurations
 
@@ -672,16 +707,55 @@ def agent_swin_base_384(pretrained: bool = False, **kwargs) -> AgentSwinTransfor
     return _create("agent_swin_base_384", pretrained, **{**_B384, **kwargs})
 
 
-_CHECKPOINTS = tuple(
-    Checkpoint(
-        model,
-        "in1k",
-        format="model",
-        top1=top1,
-        evidence="",
-        notes="official training save {'model', 'optimizer', ..., 'config'}; only the tensors are read (safe loader)",
-    )
-    for model, (_, top1) in _RELEASES.items()
+_DENSE_NOTES = "full mmdet 2.x / mmseg 0.x model: backbone.* in the official layout plus norm0..3 (LN per output)"
+# the official downstream READMEs (detection/README.md, segmentation/README.md): (model, tag): (task, result, id)
+_DENSE = {
+    ("agent_swin_tiny", "coco_maskrcnn_1x"): ("det", "box AP 44.6 / mask AP 40.7", "258e208469084e6abf26"),
+    ("agent_swin_tiny", "coco_maskrcnn_3x"): ("det", "box AP 47.3 / mask AP 42.7", "e0ab821875704960a505"),
+    ("agent_swin_small", "coco_maskrcnn_1x"): ("det", "box AP 47.2 / mask AP 42.7", "52714305c21a4104bbc5"),
+    ("agent_swin_small", "coco_maskrcnn_3x"): ("det", "box AP 48.9 / mask AP 43.8", "b78f6ff837b84b61b122"),
+    ("agent_swin_tiny", "coco_cascade_maskrcnn_1x"): ("det", "box AP 49.2 / mask AP 42.7", "39d78fddf90241e58db0"),
+    ("agent_swin_tiny", "coco_cascade_maskrcnn_3x"): ("det", "box AP 51.4 / mask AP 44.5", "ed2af911d0e64d359aa3"),
+    ("agent_swin_small", "coco_cascade_maskrcnn_3x"): ("det", "box AP 52.6 / mask AP 45.5", "3d092a23b935458b98ed"),
+    ("agent_swin_base", "coco_cascade_maskrcnn_3x"): ("det", "box AP 52.6 / mask AP 45.3", "b3a628e668eb460ca532"),
+    ("agent_swin_tiny", "ade20k_upernet_160k"): ("seg", "mIoU 46.68 (mAcc 58.53)", "280481ee38024bce8364"),
+    ("agent_swin_small", "ade20k_upernet_160k"): ("seg", "mIoU 48.08 (mAcc 59.78)", ""),
+    ("agent_swin_base", "ade20k_upernet_160k"): ("seg", "mIoU 48.73 (mAcc 60.01)", ""),
+}
+_CHECKPOINTS = (
+    *(
+        Checkpoint(
+            model,
+            "in1k",
+            format="model",
+            top1=top1,
+            notes="official training save {'model', 'optimizer', ..., 'config'}; only the tensors are read",
+        )
+        for model, (_, top1) in _RELEASES.items()
+    ),
+    *(
+        Checkpoint(
+            model,
+            tag,
+            task=task,
+            urls=(_TSINGHUA.format(file_id),) if file_id else (),
+            status="unknown" if file_id else "none",
+            checked="" if file_id else "2026-11",
+            evidence=""
+            if file_id
+            else "the official segmentation README gives the result with an empty link ([TsinghuaCloud]() at 207ce3e)",
+            format="mmcv",
+            result=result,
+            notes=_DENSE_NOTES
+            + (
+                "; the README's config link for this row names a file the repository lacks"
+                if model == "agent_swin_base" and task == "det"
+                else ""
+            ),
+            converter=f"{__name__}.convert_dense_checkpoint",
+        )
+        for (model, tag), (task, result, file_id) in _DENSE.items()
+    ),
 )
 
 register_family(
