@@ -6,12 +6,13 @@ Shiji Song, Gao Huang). Official code: https://github.com/LeapLabTHU/Agent-Atten
 official checkpoints load through :func:`checkpoint_filter_fn`.
 
 A Swin Transformer whose blocks are of two kinds, chosen per stage by ``attn_type`` (one letter per stage, then the
-digits of ``M``): ``A`` blocks hold global agent attention (:class:`visionattn.layers.agent_attention.AgentAttention`,
-over the whole stage map: the official classification window equals the stage resolution, so there is no
-partition, shift or mask), ``B`` blocks are timm's own ``SwinTransformerBlock`` (shifted-window attention with
-relative position bias), ``M<k>`` puts k ``A`` blocks first and ``B`` blocks after them. The patch embedding,
-patch merging, blocks and head are timm's Swin pieces, under timm's key names (downsampling at the start of a
-stage, ``head.fc``).
+digits of ``M``): ``A`` blocks hold global agent attention
+(:class:`visionattn.layers.agent_attention.AgentAttention`, over the whole stage map: the official classification
+window equals the stage resolution, so there is no partition, shift or mask), ``B`` blocks are timm's own
+``SwinTransformerBlock`` (shifted-window attention with relative position bias; :class:`WindowBlock` only builds its
+shift mask in one FX-leaf function), ``M<k>`` puts k ``A`` blocks first and ``B`` blocks after them. The patch
+embedding, patch merging, blocks and head are timm's Swin pieces, under timm's key names (downsampling at the start
+of a stage, ``head.fc``).
 
 Size rule: any input from 32 px, square or not. The patch embedding zero-pads the image to a multiple of 4 and
 each patch merging zero-pads an odd side (as the official dense backbone does). ``B`` blocks follow timm's Swin:
