@@ -54,7 +54,12 @@ MIN_INPUT_SIZE = 32
 @register_notrace_module  # reads the grid the model recorded for this input: a leaf under FX
 class GridAgentAttention(AgentAttention):
     """:class:`AgentAttention` with timm's attention call ``attn(x, attn_mask=None)``: the token grid (h, w) of the
-    current input is set on ``grid`` by the model before its blocks run. (B, 1 + h*w, C) -> (B, 1 + h*w, C)."""
+    current input is set on ``grid`` by the model before its blocks run. (B, 1 + h*w, C) -> (B, 1 + h*w, C).
+
+    Under gradient checkpointing the blocks are recomputed in the backward pass with the grid of the latest forward:
+    run one forward per backward when input sizes vary (the token count is checked, so a grid with another count
+    fails loudly; only a transposed grid, e.g. 8 x 4 after 4 x 8, would pass unnoticed).
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
