@@ -145,3 +145,38 @@ def test_errors_name_the_argument():
     layer = _layer()
     with pytest.raises(ValueError, match="50 tokens are not 0 prefix tokens \\+ a 7x7 grid"):
         layer(torch.randn(1, 50, 32), (7, 7))
+
+
+def test_onnx_graph_traced_at_the_training_grid_serves_other_grids():
+    """Exported at the training grid (where every resize is an exact copy) with dynamic height / width, the graph
+    still resizes the biases and re-pools the agents at another grid."""
+    onnx, ort = require_onnx()
+    layer = _layer()  # bias_size (14, 14)
+
+    class Map(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):  # (B, C, H, W) -> (B, H*W, C)
+            return self.layer(x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3]))
+
+    buf = io.BytesIO()
+    axes = {"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch", 1: "tokens"}}
+    torch.onnx.export(
+        Map(),
+        (torch.randn(1, 32, 14, 14),),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for h, w in [(14, 14), (9, 23)]:
+        x = torch.randn(2, 32, h, w)
+        (got,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            expected = reference(layer, x.flatten(2).transpose(1, 2), (h, w))
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)

@@ -69,9 +69,8 @@ def agent_pool(x: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int]
 
 def _resize(bias: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (N, C, h, w) to ``size`` (the official ``F.interpolate(..., mode='bilinear')``, corners
-    not aligned); the identity when the size already matches."""
-    if bias.shape[-2] == size[0] and bias.shape[-1] == size[1]:
-        return bias
+    not aligned). At the same size it is an exact copy; it is not skipped there, so that a graph traced at the
+    training size (ONNX with dynamic height / width) still resizes at every other size."""
     return F.interpolate(bias, size=size, mode="bilinear", align_corners=False)
 
 
