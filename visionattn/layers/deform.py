@@ -68,6 +68,39 @@ def deform_conv2d_grid_sample(
     return out
 
 
+class _BilinearRows(torch.autograd.Function):
+    """sum_k weights[k, m] * rows[index[k, m]] over the four corners k; (N, C), (4, M), (4, M) -> (M, C).
+
+    The corner rows are gathered into one buffer and accumulated in place, and gathered again in the backward
+    instead of being saved (four saved (M, C) terms would be the largest tensors of the DTM).
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weights, index):
+        out = rows.index_select(0, index[0]).mul_(weights[0].unsqueeze(1))
+        buf = torch.empty_like(out)
+        for k in range(1, index.shape[0]):
+            out.add_(torch.index_select(rows, 0, index[k], out=buf).mul_(weights[k].unsqueeze(1)))
+        ctx.save_for_backward(rows, weights, index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weights, index = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_rows = grad_weights = None
+        buf = torch.empty_like(grad)
+        if ctx.needs_input_grad[0]:
+            grad_rows = torch.zeros_like(rows)
+            for k in range(index.shape[0]):
+                grad_rows.index_add_(0, index[k], torch.mul(grad, weights[k].unsqueeze(1), out=buf))
+        if ctx.needs_input_grad[1]:
+            grad_weights = torch.stack(
+                [torch.index_select(rows, 0, index[k], out=buf).mul_(grad).sum(1) for k in range(index.shape[0])]
+            )
+        return grad_rows, grad_weights, None
+
+
 def deform_conv2d_gather(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -102,24 +135,14 @@ def deform_conv2d_gather(
     ly, lx = pos_y - y0, pos_x - x0
     hy, hx = 1 - ly, 1 - lx
     y0, x0 = y0.long(), x0.long()
-    rows = x.reshape(b * h * w, c)
     first = (torch.arange(b, device=device) * (h * w)).view(b, 1, 1, 1)
-    # without autograd the four corner terms accumulate in place (one gather buffer, no temporaries)
-    in_place = not (torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad))
-    sampled, buf = torch.zeros(0, device=x.device, dtype=x.dtype), torch.zeros(0, device=x.device, dtype=x.dtype)
+    weights, index = [], []
     for dy, dx, wgt in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
         yy, xx = y0 + dy, x0 + dx
         ok = inside & (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        index = (first + yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).reshape(-1)
-        wgt = (wgt * ok).to(x.dtype).reshape(-1, 1)
-        if not in_place:
-            term = rows.index_select(0, index) * wgt
-            sampled = term if sampled.numel() == 0 else sampled + term
-        elif sampled.numel() == 0:
-            sampled = rows.index_select(0, index).mul_(wgt)
-        else:
-            buf = torch.index_select(rows, 0, index, out=buf) if buf.numel() else rows.index_select(0, index)
-            sampled.add_(buf.mul_(wgt))
+        index.append((first + yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).reshape(-1))
+        weights.append((wgt * ok).to(x.dtype).reshape(-1))
+    sampled = _BilinearRows.apply(x.reshape(b * h * w, c), torch.stack(weights), torch.stack(index))
     return linear(sampled.view(b, ho, wo, taps * c), weight.permute(0, 2, 3, 1).reshape(o, taps * c), bias)
 
 
@@ -184,7 +207,12 @@ class DeformConv2dPack(nn.Module):
         # is false for NaN): such a position samples far outside the map and its output is set to NaN afterwards.
         offset = self.conv_offset(x)
         nan_at = offset.isnan().any(dim=1, keepdim=True)
-        offset = offset.masked_fill(nan_at, -1e6)
+        has_nan = True
+        if not torch.jit.is_scripting():
+            if x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+                has_nan = bool(nan_at.any())  # no device sync on CPU: skip two full passes when there is none
+        if has_nan:
+            offset = offset.masked_fill(nan_at, -1e6)
         use_grid = self.impl == "grid_sample"
         use_gather = self.impl == "gather"
         if self.impl == "auto" and not torch.jit.is_scripting():
@@ -192,7 +220,7 @@ class DeformConv2dPack(nn.Module):
             use_gather = not use_grid and x.device.type == "cpu" and not torch.jit.is_tracing()
         if use_grid:
             out = deform_conv2d_grid_sample(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation)
-            return out.masked_fill(nan_at, float("nan"))
+            return out.masked_fill(nan_at, float("nan")) if has_nan else out
         weight, bias = self.weight, self.bias
         dtype = x.dtype
         if dtype != torch.float32 and dtype != torch.float64:
@@ -209,7 +237,8 @@ class DeformConv2dPack(nn.Module):
             out = torchvision.ops.deform_conv2d(
                 x, offset, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation
             )
-        return out.to(dtype).masked_fill(nan_at, float("nan"))
+        out = out.to(dtype)
+        return out.masked_fill(nan_at, float("nan")) if has_nan else out
 
 
 class DeformTokenMerge(nn.Module):
