@@ -349,6 +349,24 @@ def test_dwconv_gelu_equals_conv_then_gelu():
     torch.testing.assert_close(xg.grad, xr.grad, rtol=0, atol=1e-6)
 
 
+def test_mlp_image_by_image_equals_whole_batch(monkeypatch):
+    """Without autograd a large MLP runs image by image (forced here with a threshold of 0): same output."""
+    import visionattn.models.litv2 as litv2_module
+
+    torch.manual_seed(0)
+    model = LITv2(**dict(REDUCED, alpha=0.5)).eval()
+    x = torch.randn(3, 3, 64, 48)
+    ref = model(x)  # autograd on: never split
+    monkeypatch.setattr(litv2_module, "MLP_CHUNK_NUMEL", 0)
+    mlp = model.stages[0].blocks[0].mlp
+    calls = []
+    monkeypatch.setattr(mlp, "_mlp", lambda *a, f=mlp._mlp: calls.append(a[0].shape[0]) or f(*a))
+    with torch.no_grad():
+        out = model(x)
+    assert calls == [1, 1, 1]
+    torch.testing.assert_close(out, ref.detach(), rtol=0, atol=1e-5)
+
+
 def test_torchvision_layout_matches_mmcv():
     """mmcv's CPU deformable conv (the layout of the official DCN: channel 2k = dy, 2k + 1 = dx) agrees."""
     mmcv_ops = pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops (tools/install_mmcv.py)")

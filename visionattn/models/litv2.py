@@ -34,6 +34,7 @@ from timm.layers import (
     calculate_drop_path_rates,
     get_device_dtype,
     register_notrace_function,
+    register_notrace_module,
     trunc_normal_,
 )
 from timm.models import checkpoint, checkpoint_seq, register_model
@@ -136,6 +137,13 @@ def dwconv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.gelu(F.conv2d(x, weight, bias, 1, 1, 1, x.shape[1]))
 
 
+# Without autograd, an MLP whose hidden map (the whole batch's) has more elements than this runs image by image
+# (equal results): at 56x56 the batch's hidden maps would be the largest tensors of the model, and smaller ones
+# stay in cache and are reused by the allocator instead of being mapped and page-faulted afresh for every block.
+MLP_CHUNK_NUMEL = 2**22
+
+
+@register_notrace_module  # traced as one call: the image-by-image split depends on the input's size
 class DWMlp(nn.Module):
     """fc1 -> 3x3 depth-wise conv -> GELU -> fc2; (B, H, W, C) -> (B, H, W, C)."""
 
@@ -149,6 +157,14 @@ class DWMlp(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual`` (of x's shape) is added to the output by fc2 (without dropout only)."""
+        if not torch.jit.is_scripting() and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            if x.shape[0] > 1 and x.shape[1] * x.shape[2] * self.fc1.out_features * x.shape[0] > MLP_CHUNK_NUMEL:
+                return torch.cat(
+                    [self._mlp(x[i : i + 1], None if residual is None else residual[i : i + 1]) for i in range(len(x))]
+                )
+        return self._mlp(x, residual)
+
+    def _mlp(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         x = linear(x, self.fc1.weight, self.fc1.bias)
         x = dwconv_gelu(x.permute(0, 3, 1, 2), self.dwconv.weight, self.dwconv.bias).permute(0, 2, 3, 1)
         if residual is not None and self.training and self.drop.p > 0:
