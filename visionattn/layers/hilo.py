@@ -25,12 +25,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
-__all__ = ["HiLo", "hilo_heads", "linear"]
+__all__ = ["HiLo", "hilo_heads", "linear", "plain_ops_wanted"]
 
 try:  # oneDNN's fp32 inner product: the same products as F.linear, bias (and a residual) added in its epilogue
     _ONEDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
 except (AttributeError, RuntimeError):
     _ONEDNN_LINEAR = None
+
+
+def plain_ops_wanted() -> bool:
+    """True under a dispatch mode (FlopCounterMode, fake tensors ...), which counts and knows only aten's ops."""
+    return torch.utils._python_dispatch._get_current_dispatch_mode() is not None
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -70,6 +75,7 @@ def _onednn_linear(
         or (residual is not None and residual.shape != x.shape[:-1] + weight.shape[:1])
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
+        or plain_ops_wanted()
     ):
         return None
     tensors = (x, weight, bias, residual)
@@ -88,7 +94,8 @@ def linear(
 
     float32 on CPU runs on oneDNN's inner product, which adds the bias and the residual while it writes the
     output (``F.linear`` writes the broadcast bias first and the residual sum is one more pass); the products are
-    the same. Elsewhere (other dtypes / devices, TorchScript, tracing, ONNX export) it is ``F.linear`` and ``+``.
+    the same. Elsewhere (other dtypes / devices, TorchScript, tracing, ONNX export, under a dispatch mode such as
+    ``FlopCounterMode``) it is ``F.linear`` and ``+``.
     """
     if not torch.jit.is_scripting():
         fast = _onednn_linear(x, weight, bias, residual)

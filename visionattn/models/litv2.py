@@ -41,7 +41,7 @@ from timm.models import checkpoint, checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
 from visionattn.layers.deform import DeformTokenMerge
-from visionattn.layers.hilo import HiLo, linear
+from visionattn.layers.hilo import HiLo, linear, plain_ops_wanted
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
@@ -118,6 +118,7 @@ def _onednn_dwconv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
+        or plain_ops_wanted()
     ):
         return None
     return _ONEDNN_CONV_ACT(x, weight, bias, [1, 1], [1, 1], [1, 1], x.shape[1], "gelu", [None], "none")
