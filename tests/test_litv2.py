@@ -334,14 +334,16 @@ def test_linear_equals_f_linear_with_residual_and_gradients():
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
-def test_flop_counter_sees_the_fused_ops_as_plain_ones():
-    """Under a dispatch mode (FlopCounterMode) linear and dwconv_gelu run aten's ops, which it counts."""
+def test_flop_counter_and_autocast_see_plain_ops():
+    """Under a dispatch mode (FlopCounterMode) or CPU autocast, linear and dwconv_gelu run aten's ops."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         linear(torch.randn(5, 8), torch.randn(3, 8), torch.randn(3), torch.randn(5, 3))
         dwconv_gelu(torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3), torch.randn(4))
     assert counter.get_total_flops() == 2 * 5 * 8 * 3 + 2 * 4 * 36 * 9
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's casts apply as to F.linear
+        assert linear(torch.randn(5, 8), torch.randn(3, 8)).dtype == torch.bfloat16
 
 
 def test_dwconv_gelu_equals_conv_then_gelu():

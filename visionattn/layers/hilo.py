@@ -34,8 +34,9 @@ except (AttributeError, RuntimeError):
 
 
 def plain_ops_wanted() -> bool:
-    """True under a dispatch mode (FlopCounterMode, fake tensors ...), which counts and knows only aten's ops."""
-    return torch.utils._python_dispatch._get_current_dispatch_mode() is not None
+    """True under a dispatch mode (FlopCounterMode, fake tensors ...), which counts and knows only aten's ops, and
+    under CPU autocast, whose casts apply to aten's ops."""
+    return torch.utils._python_dispatch._get_current_dispatch_mode() is not None or torch.is_autocast_enabled("cpu")
 
 
 class _OneDNNLinear(torch.autograd.Function):
