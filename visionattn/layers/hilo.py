@@ -27,10 +27,27 @@ from timm.layers import register_notrace_function, register_notrace_module
 
 __all__ = ["HiLo", "hilo_heads", "linear", "plain_ops_wanted"]
 
-try:  # oneDNN's fp32 inner product: the same products as F.linear, bias (and a residual) added in its epilogue
-    _ONEDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-except (AttributeError, RuntimeError):
-    _ONEDNN_LINEAR = None
+
+def _probe_onednn_linear():
+    """torch's oneDNN inner product (fp32: the same products as F.linear, bias and a residual added in its epilogue),
+    or None where this torch build lacks it or its private signature differs (checked once on a tiny input)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.linspace(-1, 1, 12).reshape(3, 4), torch.linspace(-2, 1, 20).reshape(5, 4)
+        b, r = torch.linspace(0, 1, 5), torch.linspace(1, -1, 15).reshape(3, 5)  # no draw from the global RNG
+        expected = F.linear(x, w, b)
+        if not torch.allclose(op(x, w, b, "none", [], ""), expected, atol=1e-5):
+            return None
+        if not torch.allclose(op.binary(x, r, w, b, "add"), expected + r, atol=1e-5):
+            return None
+        return op
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+_ONEDNN_LINEAR = _probe_onednn_linear()
 
 
 def plain_ops_wanted() -> bool:

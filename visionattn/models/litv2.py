@@ -104,10 +104,22 @@ class PatchEmbed(nn.Module):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
-try:  # oneDNN's convolution with the exact (erf) GELU applied as it writes the output
-    _ONEDNN_CONV_ACT = torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
-except (AttributeError, RuntimeError):
-    _ONEDNN_CONV_ACT = None
+def _probe_onednn_conv_act():
+    """torch's oneDNN convolution with the exact (erf) GELU applied as it writes the output, or None where this torch
+    build lacks it or its private signature differs (checked once on a tiny depth-wise input)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        op = torch.ops.mkldnn._convolution_pointwise
+        x, w = torch.linspace(-1, 1, 50).reshape(1, 2, 5, 5), torch.linspace(-1, 2, 18).reshape(2, 1, 3, 3)
+        b = torch.tensor([0.5, -0.5])  # no draw from the global RNG
+        got = op(x, w, b, [1, 1], [1, 1], [1, 1], 2, "gelu", [None], "none")
+        return op if torch.allclose(got, F.gelu(F.conv2d(x, w, b, padding=1, groups=2)), atol=1e-5) else None
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+_ONEDNN_CONV_ACT = _probe_onednn_conv_act()
 
 
 def _onednn_dwconv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
