@@ -40,18 +40,17 @@ from timm.layers import (
     DropPath,
     Mlp,
     calculate_drop_path_rates,
-    get_device_dtype,
     register_notrace_function,
     to_2tuple,
     trunc_normal_,
 )
 from timm.models import checkpoint, register_model
-from timm.models._features import feature_take_indices
 
 from visionattn.layers.agent_attention import AgentAttention
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
+from ._pyramid import PyramidContract
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["AgentPVT", "SRAttention", "checkpoint_filter_fn", "resize_pos_embed"]
@@ -263,7 +262,7 @@ class AgentPVTStage(nn.Module):
         return x.transpose(1, 2).reshape(b, c, h, w)
 
 
-class AgentPVT(nn.Module):
+class AgentPVT(PyramidContract, nn.Module):
     """Agent-PVT backbone and classifier; (B, in_chans, H, W) -> (B, num_classes), any H, W >= 32.
 
     Args:
@@ -288,6 +287,10 @@ class AgentPVT(nn.Module):
         attn_drop_rate: dropout on the attention maps.
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
     """
+
+    pyramid_stem = "patch_embed"
+    pyramid_final_norm = False
+    pyramid_checkpoint_stages = False
 
     def __init__(
         self,
@@ -417,57 +420,6 @@ class AgentPVT(nn.Module):
         self.grad_checkpointing = enable
         for stage in self.stages:
             stage.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New classifier with ``num_classes`` outputs (0: none); ``global_pool`` 'avg' or '' if given."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (B, C_i, H_i, W_i) for ``indices`` (None: all, int: last n, list: those stages).
-
-        Agent-PVT has no final norm (``norm`` changes nothing); ``stop_early`` skips stages after the last requested
-        one; returns the intermediates, or ``(final_features, intermediates)``.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; Agent-PVT returns 'NCHW' intermediates")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.patch_embed(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages (and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C, H/32, W/32), the last stage's map (no final norm)."""

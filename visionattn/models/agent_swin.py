@@ -40,19 +40,18 @@ from timm.layers import (
     Mlp,
     PatchEmbed,
     calculate_drop_path_rates,
-    get_device_dtype,
     register_notrace_function,
     resize_rel_pos_bias_table,
     trunc_normal_,
 )
-from timm.models import checkpoint, checkpoint_seq, register_model
-from timm.models._features import feature_take_indices
+from timm.models import checkpoint_seq, register_model
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
 from visionattn.layers.agent_attention import AgentAttention
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
+from ._pyramid import PyramidContract
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = [
@@ -273,7 +272,7 @@ class AgentSwinStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class AgentSwinTransformer(nn.Module):
+class AgentSwinTransformer(PyramidContract, nn.Module):
     """Agent-Swin backbone and classifier; (B, in_chans, H, W) -> (B, num_classes), any H, W >= 32.
 
     Args:
@@ -301,6 +300,9 @@ class AgentSwinTransformer(nn.Module):
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
         norm_layer: normalisation layer.
     """
+
+    pyramid_stem = "patch_embed"
+    pyramid_stages = "layers"
 
     def __init__(
         self,
@@ -421,70 +423,14 @@ class AgentSwinTransformer(nn.Module):
         for stage in self.layers:
             stage.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New classifier with ``num_classes`` outputs (0: none); ``global_pool`` 'avg' or '' if given."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
+        super().reset_classifier(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = global_pool
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (B, C_i, H_i, W_i) for ``indices`` (None: all, int: last n, list: those stages).
-
-        ``norm`` applies the final LayerNorm to the last stage's output; ``stop_early`` skips stages after the
-        last requested one; returns the intermediates, or ``(final_features, intermediates)``.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; Agent-Swin returns 'NCHW' intermediates")
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        intermediates = []
-        x = self.patch_embed(x)
-        last_idx = len(self.layers) - 1
-        stages = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[: max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self._final_norm(x) if norm and feat_idx == last_idx else x)
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self._final_norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages (and norm / head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        prune_end = max_index < len(self.layers) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()  # the final LayerNorm is sized for the last stage only
-        self.layers = self.layers[: max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C, h, w) after the final LayerNorm."""

@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, trunc_normal_
-from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from visionattn.layers.input_size import check_input_size
 from visionattn.layers.routing import BiLevelRoutingAttention
 from visionattn.pretrained import build_model
 
+from ._pyramid import PyramidContract
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["BiFormer", "checkpoint_filter_fn", "bra_official_gather"]
@@ -233,7 +233,7 @@ class BiFormerStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class BiFormer(nn.Module):
+class BiFormer(PyramidContract, nn.Module):
     """BiFormer backbone and classifier; (B, in_chans, H, W) -> (B, num_classes), any H, W >= 32.
 
     Args:
@@ -363,66 +363,6 @@ class BiFormer(nn.Module):
         self.grad_checkpointing = enable
         for stage in self.stages:
             stage.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New classifier with ``num_classes`` outputs (0: none); ``global_pool`` 'avg' or '' if given."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (B, C_i, H_i, W_i) for ``indices`` (None: all, int: last n, list: those stages).
-
-        ``norm`` applies the final BatchNorm to the last stage's output; ``stop_early`` skips stages after the last
-        requested one; returns the intermediates, or ``(final_features, intermediates)``.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; BiFormer returns 'NCHW' intermediates")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        last_idx = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages (and norm / head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()  # the final BatchNorm is sized for the last stage only
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C, H/32, W/32) after the final BatchNorm."""

@@ -23,14 +23,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, calculate_drop_path_rates, get_device_dtype, trunc_normal_
-from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.layers import ClassifierHead, DropPath, calculate_drop_path_rates, trunc_normal_
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from visionattn.layers.aggregated_attention import AggregatedAttention, CosineAttention
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model
 
+from ._pyramid import PyramidContract
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
 
 __all__ = ["TransNeXt", "checkpoint_filter_fn"]
@@ -187,7 +187,7 @@ class TransNeXtStage(nn.Module):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
-class TransNeXt(nn.Module):
+class TransNeXt(PyramidContract, nn.Module):
     """TransNeXt backbone and classifier; (B, in_chans, H, W) -> (B, num_classes), any H, W >= 32.
 
     Args:
@@ -213,6 +213,8 @@ class TransNeXt(nn.Module):
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
     """
+
+    pyramid_final_norm = False
 
     def __init__(
         self,
@@ -332,58 +334,6 @@ class TransNeXt(nn.Module):
         self.grad_checkpointing = enable
         for stage in self.stages:
             stage.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New classifier with ``num_classes`` outputs (0: none); ``global_pool`` 'avg' or '' if given."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (B, C_i, H_i, W_i), each after its stage's LayerNorm, for ``indices`` (None: all, int:
-        last n, list: those stages); ``norm`` changes nothing (every stage ends in its own norm);
-        ``stop_early`` skips stages after the last requested one."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; TransNeXt returns 'NCHW' intermediates")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for feat_idx, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages (and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C, H/32, W/32) after the last stage's LayerNorm."""
