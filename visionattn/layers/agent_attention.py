@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module, trunc_normal_
 
-__all__ = ["AgentAttention", "adaptive_pool_matrix", "agent_pool"]
+__all__ = ["AgentAttention", "adaptive_pool_matrix", "agent_pool", "resize_row_col_bias"]
 
 
 def adaptive_pool_matrix(
@@ -65,6 +65,20 @@ def agent_pool(x: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int]
     rows = torch.matmul(pool_h, x.reshape(b, h, w * c)).reshape(b, oh, w, c)  # (B, oh, W, C)
     out = torch.matmul(pool_w, rows)  # (B, oh, ow, C)
     return out.reshape(b, oh * ow, c)
+
+
+ROW_COL_BIASES = {"ah_bias": 3, "aw_bias": 4, "ha_bias": 2, "wa_bias": 3}  # name -> its one spatial axis
+
+
+def resize_row_col_bias(name: str, value: torch.Tensor, size: int) -> torch.Tensor:
+    """An ``ah/aw/ha/wa_bias`` trained at another grid -> ``size`` along its one spatial axis: the official fine-tuning
+    rule (``utils.load_pretrained``), 1-D linear interpolation with corners not aligned. ``name`` ends in the
+    parameter's name; the result is in ``value``'s dtype promoted to at least float32 (the CPU interpolation kernels
+    and the precision of a half-precision file)."""
+    axis = ROW_COL_BIASES[name.rsplit(".", 1)[-1]]
+    moved = value.to(torch.promote_types(value.dtype, torch.float32)).movedim(axis, -1)
+    out = F.interpolate(moved.reshape(1, -1, moved.shape[-1]), size=size, mode="linear", align_corners=False)
+    return out.reshape(*moved.shape[:-1], size).movedim(-1, axis)
 
 
 def _resize(bias: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -35,13 +35,12 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from ..layers.agent_attention import AgentAttention
+from ..layers.agent_attention import ROW_COL_BIASES, AgentAttention, resize_row_col_bias
 from ..layers.input_size import check_input_size
 from ..pretrained import build_model
 from ._registry import Checkpoint, DenseRecipe, Family, register_family
@@ -209,19 +208,6 @@ class AgentDeiT(VisionTransformer):
         return take
 
 
-def _resize_agent_bias(value: torch.Tensor, own: torch.Tensor, key: str) -> torch.Tensor:
-    """The official fine-tuning rule for ``ah/aw/ha/wa_bias`` of another training grid: 1-D linear interpolation
-    (``align_corners=False``) over the spatial axis."""
-    if value.shape == own.shape:
-        return value
-    # the spatial axis of each: ah (1, heads, agents, h, 1), aw (.., 1, w), ha (1, heads, h, 1, agents), wa (.., w, ..)
-    axis = {"ah_bias": 3, "aw_bias": 4, "ha_bias": 2, "wa_bias": 3}[key.rsplit(".", 1)[-1]]
-    moved = value.to(torch.promote_types(value.dtype, torch.float32)).movedim(axis, -1)
-    lead = moved.shape[:-1]
-    out = F.interpolate(moved.reshape(1, -1, moved.shape[-1]), size=own.shape[axis], mode="linear")
-    return out.reshape(*lead, own.shape[axis]).movedim(-1, axis)
-
-
 @torch.no_grad()
 def checkpoint_filter_fn(state_dict: dict, model: AgentDeiT) -> dict:
     """Official Agent-DeiT layouts -> ours: training saves (``{'model': ...}``) or bare state dicts, the same keys.
@@ -242,8 +228,9 @@ def checkpoint_filter_fn(state_dict: dict, model: AgentDeiT) -> dict:
                 num_prefix_tokens=1,
                 antialias=False,
             )
-        elif key.endswith(("ah_bias", "aw_bias", "ha_bias", "wa_bias")):
-            value = _resize_agent_bias(value, own[key], key)
+        elif key.endswith(tuple(ROW_COL_BIASES)) and value.shape != own[key].shape:
+            axis = ROW_COL_BIASES[key.rsplit(".", 1)[-1]]
+            value = resize_row_col_bias(key, value, own[key].shape[axis])
         out[key] = value
     return out
 

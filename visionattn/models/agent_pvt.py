@@ -46,7 +46,7 @@ from timm.layers import (
 )
 from timm.models import checkpoint, register_model
 
-from visionattn.layers.agent_attention import AgentAttention
+from visionattn.layers.agent_attention import ROW_COL_BIASES, AgentAttention, resize_row_col_bias
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
@@ -444,14 +444,6 @@ def _compute_dtype(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _resize_1d(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Linear resize of ``t`` along ``dim`` to ``size`` (the official fine-tuning rule for the row / column biases)."""
-    moved = t.movedim(dim, -1)
-    flat = _compute_dtype(moved.reshape(-1, 1, moved.shape[-1]))
-    out = F.interpolate(flat, size=size, mode="linear", align_corners=False)
-    return out.reshape(*moved.shape[:-1], size).movedim(-1, dim).to(t.dtype)
-
-
 def _fit_to_model(key: str, value: torch.Tensor, target: torch.Tensor, stage: nn.Module) -> torch.Tensor:
     """A position embedding or row / column bias trained at another size -> the model's training grid (the official
     fine-tuning rule: bicubic for position embeddings, linear for the row / column biases)."""
@@ -465,9 +457,9 @@ def _fit_to_model(key: str, value: torch.Tensor, target: torch.Tensor, stage: nn
         grid = _compute_dtype(value.reshape(1, side, side, c).permute(0, 3, 1, 2))
         out = F.interpolate(grid, size=stage.grid_size, mode="bicubic", align_corners=False)
         return out.flatten(2).transpose(1, 2).to(value.dtype)
-    for name, dim in (("ah_bias", 3), ("aw_bias", 4), ("ha_bias", 2), ("wa_bias", 3)):
+    for name, dim in ROW_COL_BIASES.items():
         if key.endswith(name):
-            return _resize_1d(value, dim, target.shape[dim])
+            return resize_row_col_bias(key, value, target.shape[dim]).to(value.dtype)
     return value
 
 

@@ -47,7 +47,7 @@ from timm.layers import (
 from timm.models import checkpoint_seq, register_model
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
-from visionattn.layers.agent_attention import AgentAttention
+from visionattn.layers.agent_attention import ROW_COL_BIASES, AgentAttention, resize_row_col_bias
 from visionattn.layers.input_size import check_input_size
 from visionattn.pretrained import build_model, generate_default_cfgs
 
@@ -453,19 +453,6 @@ class AgentSwinTransformer(PyramidContract, nn.Module):
 # official checkpoints
 
 _PREFIXES = ("module.", "backbone.")
-_ROW_COL = ("ah_bias", "aw_bias", "ha_bias", "wa_bias")
-
-
-def _resize_row_col(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """An ``ah/aw/ha/wa_bias`` trained at another grid -> the model's, linear over its one spatial axis (the
-    official fine-tuning rule, ``utils.load_pretrained``)."""
-    name = key.rsplit(".", 1)[-1]
-    axis = {"ah_bias": 3, "aw_bias": 4, "ha_bias": 2, "wa_bias": 3}[name]
-    size = target.shape[axis]
-    moved = value.movedim(axis, -1)
-    flat = moved.reshape(-1, 1, moved.shape[-1]).float()
-    out = F.interpolate(flat, size=size, mode="linear", align_corners=False).to(value.dtype)
-    return out.reshape(*moved.shape[:-1], size).movedim(-1, axis)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
@@ -499,8 +486,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
             elif key.startswith("head."):
                 key = "head.fc." + key[len("head.") :]
         if key in target and value.shape != target[key].shape:
-            if key.endswith(_ROW_COL):
-                value = _resize_row_col(key, value, target[key])
+            if key.endswith(tuple(ROW_COL_BIASES)):
+                axis = ROW_COL_BIASES[key.rsplit(".", 1)[-1]]
+                value = resize_row_col_bias(key, value, target[key].shape[axis]).to(value.dtype)
             elif key.endswith("relative_position_bias_table"):
                 win = model.get_submodule(key[: -len(".relative_position_bias_table")]).window_size
                 value = resize_rel_pos_bias_table(value, new_window_size=win, new_bias_shape=target[key].shape)
