@@ -1,6 +1,7 @@
 """One dispatch, one set of kernel limits and one launch helper for every op in visionattn.kernels.
 
-Ops: ``bra``, ``na2d``, ``halo_attn``, ``sparse_attn`` (:data:`OPS`); ``last_path(op)`` and the error messages use these names.
+Ops: ``bra``, ``na2d``, ``halo_attn``, ``sparse_attn`` (:data:`OPS`); ``last_path(op)`` and the error messages use these
+names.
 
 Path selection (:func:`select`), in order:
 
